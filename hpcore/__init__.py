@@ -1,0 +1,24 @@
+"""hpcore: the CUDA-aware MPI layer (canonical datatypes, packing, transport, topology)."""
+
+from .arrays import array_module
+from .datatype import BlockSet, CanonicalType, StridedBlock, canonicalize, from_view, to_mpi
+from .errors import HpcoreError, agree
+from .pack import pack, packed_nbytes, plan, unpack
+
+__all__ = [
+    "array_module",
+    "BlockSet",
+    "CanonicalType",
+    "StridedBlock",
+    "canonicalize",
+    "from_view",
+    "to_mpi",
+    "HpcoreError",
+    "agree",
+    "pack",
+    "packed_nbytes",
+    "plan",
+    "unpack",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,755 @@
+"""Where ranks live: node-local split, Slurm facts, GPU binding by local rank, virtual nodes."""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+from .errors import HpcoreError, agree, rank_prefix
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only; importing mpi4py.MPI initializes MPI
+    from mpi4py import MPI
+
+__all__ = [
+    "SlurmInfo",
+    "slurm_env",
+    "parse_tasks_per_node",
+    "format_tasks_per_node",
+    "Topology",
+    "visible_gpu_count",
+    "gpu_for_local_rank",
+    "bind_gpu",
+    "describe",
+]
+
+Source = Literal["auto", "shared", "slurm", "virtual"]
+_SOURCES = ("auto", "shared", "slurm", "virtual")
+
+# Variables that restrict which GPUs a process sees; the runtime numbers what is left 0..n-1.
+_VISIBLE_VARS = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+
+
+# --------------------------------------------------------------------------- Slurm
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmInfo:
+    """The Slurm facts of one task, read from its environment by :func:`slurm_env`.
+
+    Not collective. Every field is ``None`` (or ``()``) when Slurm did not set the
+    variable, e.g. inside ``salloc`` before ``srun`` starts a step.
+
+    Attributes
+    ----------
+    job_id : str
+        ``SLURM_JOB_ID`` (or the older ``SLURM_JOBID``).
+    step_id : str or None
+        ``SLURM_STEP_ID``.
+    proc_id : int or None
+        ``SLURM_PROCID``: the task's global rank in the step.
+    ntasks : int or None
+        ``SLURM_NTASKS`` (or ``SLURM_NPROCS``).
+    node_id : int or None
+        ``SLURM_NODEID``: the index of this task's node in the step, 0-based.
+    local_id : int or None
+        ``SLURM_LOCALID``: the task's rank among the step's tasks on its node.
+    num_nodes : int or None
+        ``SLURM_NNODES``, else ``SLURM_JOB_NUM_NODES``.
+    tasks_per_node : tuple of int or None
+        ``SLURM_STEP_TASKS_PER_NODE``, else ``SLURM_TASKS_PER_NODE``, expanded:
+        ``"2(x3),1"`` becomes ``(2, 2, 2, 1)``.
+    nodelist : str or None
+        ``SLURM_STEP_NODELIST``, else ``SLURM_NODELIST``/``SLURM_JOB_NODELIST``, as
+        written (compressed hostlist such as ``"nid[001-004]"``).
+    topology_addr : tuple of str
+        ``SLURM_TOPOLOGY_ADDR`` split at dots, outermost level first
+        (``"s0.s3.nid001"`` -> ``("s0", "s3", "nid001")``).
+    topology_addr_pattern : tuple of str
+        ``SLURM_TOPOLOGY_ADDR_PATTERN`` split at dots (``("switch", "switch", "node")``).
+    gpus_on_node : int or None
+        ``SLURM_GPUS_ON_NODE``: GPUs of the job on this node.
+    step_gpus : tuple of int or None
+        ``SLURM_STEP_GPUS``: indices of the GPUs of the step (or of this task when
+        Slurm bound GPUs per task) on this node.
+    job_gpus : tuple of int or None
+        ``SLURM_JOB_GPUS``: indices of the GPUs of the job on this node.
+    """
+
+    job_id: str
+    step_id: str | None = None
+    proc_id: int | None = None
+    ntasks: int | None = None
+    node_id: int | None = None
+    local_id: int | None = None
+    num_nodes: int | None = None
+    tasks_per_node: tuple[int, ...] | None = None
+    nodelist: str | None = None
+    topology_addr: tuple[str, ...] = ()
+    topology_addr_pattern: tuple[str, ...] = ()
+    gpus_on_node: int | None = None
+    step_gpus: tuple[int, ...] | None = None
+    job_gpus: tuple[int, ...] | None = None
+
+    @property
+    def local_ntasks(self) -> int | None:
+        """Tasks of the step on this task's node (from ``tasks_per_node`` and ``node_id``)."""
+        if self.tasks_per_node is None or self.node_id is None:
+            return None
+        if not 0 <= self.node_id < len(self.tasks_per_node):
+            return None
+        return self.tasks_per_node[self.node_id]
+
+    @property
+    def topology_levels(self) -> tuple[tuple[str, str], ...]:
+        """``(kind, name)`` per network level, outermost first, e.g. ``(("switch", "s0"), ...)``."""
+        return tuple(zip(self.topology_addr_pattern, self.topology_addr))
+
+
+_TASKS_ITEM = re.compile(r"^\s*(\d+)\s*(?:\(\s*x\s*(\d+)\s*\))?\s*$")
+
+
+def parse_tasks_per_node(value: str) -> tuple[int, ...]:
+    """Expand Slurm's compressed per-node counts.
+
+    Not collective.
+
+    Parameters
+    ----------
+    value : str
+        A value such as ``SLURM_TASKS_PER_NODE``: items ``N`` or ``N(xM)`` (``N``
+        repeated ``M`` times) separated by commas.
+
+    Returns
+    -------
+    tuple of int
+        One count per node, e.g. ``"2(x3),1"`` -> ``(2, 2, 2, 1)``.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` does not follow that syntax.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"tasks per node must be a str such as '2(x3),1', got {type(value).__name__}")
+    counts: list[int] = []
+    for item in value.split(","):
+        match = _TASKS_ITEM.match(item)
+        if match is None:
+            raise ValueError(
+                f"tasks per node {value!r}: cannot parse {item!r}; expected items like '4' or "
+                "'2(x3)' separated by commas"
+            )
+        repeat = int(match.group(2)) if match.group(2) is not None else 1
+        if repeat < 1:
+            raise ValueError(f"tasks per node {value!r}: repeat count in {item.strip()!r} must be >= 1")
+        counts.extend([int(match.group(1))] * repeat)
+    return tuple(counts)
+
+
+def format_tasks_per_node(counts) -> str:
+    """Compress per-node counts the way Slurm writes them, ``[2, 2, 2, 1]`` -> ``"2(x3),1"``.
+
+    Not collective. The inverse of :func:`parse_tasks_per_node`.
+    """
+    items: list[str] = []
+    counts = [operator.index(c) for c in counts]
+    i = 0
+    while i < len(counts):
+        j = i
+        while j < len(counts) and counts[j] == counts[i]:
+            j += 1
+        items.append(str(counts[i]) if j - i == 1 else f"{counts[i]}(x{j - i})")
+        i = j
+    return ",".join(items)
+
+
+def _env_int(env: Mapping[str, str], *names: str) -> int | None:
+    for name in names:
+        value = env.get(name)
+        if value is None or value.strip() == "":
+            continue
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not an integer") from None
+    return None
+
+
+def _env_str(env: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = env.get(name)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _parse_index_list(name: str, value: str) -> tuple[int, ...]:
+    """Parse ``"0,1,4-5"`` into ``(0, 1, 4, 5)``; ``name`` is only for the error message."""
+    indices: list[int] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        first, sep, last = item.partition("-")
+        try:
+            if sep:
+                indices.extend(range(int(first), int(last) + 1))
+            else:
+                indices.append(int(item))
+        except ValueError:
+            raise ValueError(
+                f"{name}={value!r}: cannot parse {item!r}; expected GPU indices such as '0,1' or '0-3'"
+            ) from None
+    return tuple(indices)
+
+
+def _env_index_list(env: Mapping[str, str], name: str) -> tuple[int, ...] | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return _parse_index_list(name, value)
+
+
+def _env_levels(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    value = env.get(name)
+    if not value:
+        return ()
+    return tuple(value.split("."))
+
+
+def slurm_env(environ: Mapping[str, str] | None = None) -> SlurmInfo | None:
+    """Read the Slurm facts of this task from an environment.
+
+    Not collective: a pure function of the mapping, with no MPI calls.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to read; ``os.environ`` when omitted.
+
+    Returns
+    -------
+    SlurmInfo or None
+        ``None`` when neither ``SLURM_JOB_ID`` nor ``SLURM_JOBID`` is set (not under
+        Slurm).
+
+    Raises
+    ------
+    ValueError
+        If a variable that must be a number or a list is malformed; the message
+        names the variable and its value.
+
+    Examples
+    --------
+    >>> info = slurm_env({"SLURM_JOB_ID": "42", "SLURM_TASKS_PER_NODE": "2(x3),1"})
+    >>> info.tasks_per_node
+    (2, 2, 2, 1)
+    """
+    env = os.environ if environ is None else environ
+    job_id = _env_str(env, "SLURM_JOB_ID", "SLURM_JOBID")
+    if job_id is None:
+        return None
+    tasks_name = next(
+        (n for n in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE") if env.get(n)), None
+    )
+    tasks_per_node = None
+    if tasks_name is not None:
+        try:
+            tasks_per_node = parse_tasks_per_node(env[tasks_name])
+        except ValueError as exc:
+            raise ValueError(f"{tasks_name}: {exc}") from None
+    return SlurmInfo(
+        job_id=job_id,
+        step_id=_env_str(env, "SLURM_STEP_ID", "SLURM_STEPID"),
+        proc_id=_env_int(env, "SLURM_PROCID"),
+        ntasks=_env_int(env, "SLURM_NTASKS", "SLURM_NPROCS"),
+        node_id=_env_int(env, "SLURM_NODEID"),
+        local_id=_env_int(env, "SLURM_LOCALID"),
+        num_nodes=_env_int(env, "SLURM_NNODES", "SLURM_JOB_NUM_NODES"),
+        tasks_per_node=tasks_per_node,
+        nodelist=_env_str(env, "SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST"),
+        topology_addr=_env_levels(env, "SLURM_TOPOLOGY_ADDR"),
+        topology_addr_pattern=_env_levels(env, "SLURM_TOPOLOGY_ADDR_PATTERN"),
+        gpus_on_node=_env_int(env, "SLURM_GPUS_ON_NODE"),
+        step_gpus=_env_index_list(env, "SLURM_STEP_GPUS"),
+        job_gpus=_env_index_list(env, "SLURM_JOB_GPUS"),
+    )
+
+
+# --------------------------------------------------------------------------- Topology
+
+
+def _as_intracomm(comm):
+    """Return the mpi4py intracommunicator behind ``comm`` (an MPI.Intracomm or a wrapper with ``.comm``)."""
+    from mpi4py import MPI
+
+    inner = comm if isinstance(comm, MPI.Comm) else getattr(comm, "comm", None)
+    if not isinstance(inner, MPI.Comm):
+        raise TypeError(
+            f"comm must be an mpi4py intracommunicator (or an hpcore.Comm wrapping one), "
+            f"got {type(comm).__name__}"
+        )
+    if inner == MPI.COMM_NULL:
+        raise ValueError("comm is MPI.COMM_NULL; pass the communicator this rank belongs to")
+    if not isinstance(inner, MPI.Intracomm) or inner.Is_inter():
+        raise TypeError(f"comm must be an intracommunicator, got {type(inner).__name__}")
+    return inner
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _node_sizes(ranks_per_node, size: int) -> tuple[int, ...]:
+    """Normalize ``ranks_per_node`` (an int or a list of node sizes) to node sizes summing to ``size``."""
+    wrong_type = TypeError(
+        f"ranks_per_node must be an int or a list of node sizes, got {type(ranks_per_node).__name__} "
+        f"{ranks_per_node!r}"
+    )
+    if not hasattr(ranks_per_node, "__iter__"):
+        if isinstance(ranks_per_node, bool) or not hasattr(ranks_per_node, "__index__"):
+            raise wrong_type
+        k = _positive_int("ranks_per_node", ranks_per_node)
+        full, rest = divmod(size, k)
+        return (k,) * full + ((rest,) if rest else ())
+    if isinstance(ranks_per_node, (str, bytes, Mapping)):
+        raise wrong_type
+    try:
+        items = list(ranks_per_node)
+    except TypeError:
+        raise wrong_type from None
+    sizes = tuple(_positive_int(f"ranks_per_node[{i}]", v) for i, v in enumerate(items))
+    if sum(sizes) != size:
+        raise ValueError(
+            f"ranks_per_node={list(sizes)} sums to {sum(sizes)}, but comm has {size} ranks; "
+            "the node sizes must add up to comm's size"
+        )
+    return sizes
+
+
+def _resolve(source, ranks_per_node, size: int) -> tuple[str, tuple[int, ...] | None]:
+    """Check the arguments locally; return the resolved source and the virtual node sizes."""
+    if not isinstance(source, str) or source not in _SOURCES:
+        raise ValueError(f"source must be one of {', '.join(map(repr, _SOURCES))}, got {source!r}")
+    if source in ("shared", "slurm"):
+        if ranks_per_node is not None:
+            raise ValueError(
+                f"ranks_per_node={ranks_per_node!r} makes a virtual topology and cannot be combined "
+                f"with source={source!r}; pass one or the other"
+            )
+        return source, None
+    if ranks_per_node is None:
+        if source == "virtual":
+            raise ValueError("source='virtual' needs ranks_per_node (an int or a list of node sizes)")
+        return "shared", None
+    return "virtual", _node_sizes(ranks_per_node, size)
+
+
+def _number_by_first_rank(keys) -> list[int]:
+    """Map per-rank node keys to node indices 0.., numbered by the lowest rank on each node."""
+    index: dict = {}
+    return [index.setdefault(key, len(index)) for key in keys] if not isinstance(keys[0], int) or True else None
+
+
+class Topology:
+    """Which ranks of a communicator share a node, detected or virtual.
+
+    Collective on `comm`: every rank of `comm` must construct it with the same
+    `ranks_per_node` and `source`. Arguments that are wrong on some ranks, or that
+    differ between ranks, raise the same ``TypeError``/``ValueError`` on every rank
+    before any communicator is created.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The communicator to describe; ranks below are ranks of `comm`.
+    ranks_per_node : int or sequence of int, optional
+        Makes a virtual topology, so multi-node logic runs on one machine. An int
+        ``k`` puts rank ``r`` on node ``r // k`` (the last node may be short); a
+        sequence gives the node sizes in rank order and must sum to ``comm.size``.
+    source : {"auto", "shared", "slurm", "virtual"}
+        ``"shared"``: the ranks that share memory (``Split_type(COMM_TYPE_SHARED)``)
+        form a node. ``"slurm"``: trust ``SLURM_NODEID``; every rank raises
+        ``ValueError`` when some rank is not under Slurm. ``"virtual"``: from
+        `ranks_per_node`, which is then required. ``"auto"``: ``"virtual"`` when
+        `ranks_per_node` is given, else ``"shared"``.
+    environ : mapping, optional
+        Environment read by ``source="slurm"``; ``os.environ`` when omitted.
+
+    Attributes
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The communicator given (not duplicated, never freed here).
+    rank, size : int
+        This rank and the size of `comm`.
+    source : str
+        ``"shared"``, ``"slurm"`` or ``"virtual"``.
+    is_virtual : bool
+        True when the nodes come from `ranks_per_node`.
+    node, num_nodes : int
+        This rank's node index and the number of nodes. Nodes are numbered by
+        the lowest `comm` rank on each, so numbering is the same on every run.
+    local_rank, local_size : int
+        This rank's index among the ranks of its node (in `comm` rank order) and
+        their number.
+    nodes : list of list of int
+        The `comm` ranks of each node, ascending.
+    ranks_per_node : list of int
+        The number of ranks on each node.
+    leaders : list of int
+        The `comm` rank of local rank 0 on each node.
+    node_comm : mpi4py.MPI.Intracomm
+        The ranks of this node, ranked by `local_rank`. From
+        ``Split_type(COMM_TYPE_SHARED)`` when detected, ``Split(color=node)`` when
+        virtual or from Slurm.
+    leader_comm : mpi4py.MPI.Intracomm
+        One rank per node (``local_rank == 0``), ranked by node; ``MPI.COMM_NULL``
+        on the other ranks.
+
+    Notes
+    -----
+    `node_comm` and `leader_comm` belong to the topology: :meth:`free` (or leaving
+    a ``with`` block) frees them, collectively. Nothing is freed in ``__del__``.
+
+    Examples
+    --------
+    Run with ``mpiexec -n 2``:
+
+    >>> from mpi4py import MPI
+    >>> with Topology(MPI.COMM_WORLD, ranks_per_node=1) as topo:
+    ...     assert topo.num_nodes == topo.size and topo.local_size == 1
+    """
+
+    def __init__(
+        self,
+        comm: MPI.Intracomm,
+        ranks_per_node: int | list[int] | None = None,
+        source: Source = "auto",
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        from mpi4py import MPI
+
+        comm = _as_intracomm(comm)
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.node_comm = MPI.COMM_NULL
+        self.leader_comm = MPI.COMM_NULL
+
+        # 1. Local checks, agreed so a bad argument on one rank fails everywhere.
+        error = None
+        resolved, sizes = None, None
+        try:
+            resolved, sizes = _resolve(source, ranks_per_node, self.size)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        if error: raise error
+
+        # 2. Same arguments on every rank (compared after normalization: 2 == [2, 2] on 4 ranks).
+        calls = comm.allgather((resolved, sizes, source, repr(ranks_per_node)))
+        if len({(c[0], c[1]) for c in calls}) > 1:
+            groups: dict = {}
+            for r, c in enumerate(calls):
+                groups.setdefault((c[2], c[3]), []).append(r)
+            detail = "; ".join(
+                f"rank{'s' if len(rs) > 1 else ''} {','.join(map(str, rs))}: source={src!r}, ranks_per_node={rpn}"
+                for (src, rpn), rs in groups.items()
+            )
+            raise ValueError(
+                "Topology: source and ranks_per_node must be the same on every rank of comm, got " + detail
+            )
+
+        # 3. Node index of every rank.
+        node_comm = None
+        if resolved == "virtual":
+            node_of = [n for n, k in enumerate(sizes) for _ in range(k)]
+        elif resolved == "slurm":
+            node_of = _number_by_first_rank(self._gather_slurm_node_ids(comm, environ))
+        else:
+            node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            first = node_comm.allreduce(self.rank, op=MPI.MIN)
+            node_of = _number_by_first_rank(comm.allgather(first))
+
+        self.source = resolved
+        self.is_virtual = resolved == "virtual"
+        self.num_nodes = max(node_of) + 1
+        self.nodes = [[] for _ in range(self.num_nodes)]
+        for r, n in enumerate(node_of):
+            self.nodes[n].append(r)
+        self.ranks_per_node = [len(ranks) for ranks in self.nodes]
+        self.leaders = [ranks[0] for ranks in self.nodes]
+        self._node_of = tuple(node_of)
+        self.node = node_of[self.rank]
+        self.local_rank = self.nodes[self.node].index(self.rank)
+        self.local_size = self.ranks_per_node[self.node]
+
+        # 4. Communicators, created in the same order on every rank.
+        if node_comm is None:
+            node_comm = comm.Split(color=self.node, key=self.rank)
+        self.node_comm = node_comm
+        self.leader_comm = comm.Split(
+            color=0 if self.local_rank == 0 else MPI.UNDEFINED, key=self.rank
+        )
+
+    @staticmethod
+    def _gather_slurm_node_ids(comm, environ) -> list[int]:
+        """Every rank's SLURM_NODEID, or the same ValueError on every rank. Collective on `comm`."""
+        error = None
+        node_id = None
+        try:
+            info = slurm_env(environ)
+            if info is None:
+                raise ValueError(
+                    "source='slurm' but SLURM_JOB_ID is not set: this rank is not running under "
+                    "Slurm; use source='shared' or pass ranks_per_node"
+                )
+            if info.node_id is None:
+                raise ValueError(
+                    "source='slurm' but SLURM_NODEID is not set (start the ranks with srun, or use "
+                    "source='shared')"
+                )
+            node_id = info.node_id
+        except ValueError as exc:
+            error = exc
+        agree(comm, error)
+        return comm.allgather(node_id)
+
+    def node_of(self, rank: int) -> int:
+        """Return the node index of `comm` rank `rank`. Not collective."""
+        if isinstance(rank, bool):
+            raise TypeError(f"rank must be an int, got bool {rank!r}")
+        rank = operator.index(rank)
+        if not 0 <= rank < self.size:
+            raise ValueError(f"rank must be in [0, {self.size}), got {rank}")
+        return self._node_of[rank]
+
+    def free(self) -> None:
+        """Free `node_comm` and `leader_comm`; safe to call twice.
+
+        Collective on `comm`: every rank must call it (each frees its own node's
+        communicator and, on leaders, `leader_comm`). `comm` itself is not freed.
+        """
+        from mpi4py import MPI
+
+        for name in ("leader_comm", "node_comm"):
+            sub = getattr(self, name, MPI.COMM_NULL)
+            if sub != MPI.COMM_NULL:
+                sub.Free()
+            setattr(self, name, MPI.COMM_NULL)
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.free()
+
+    def __repr__(self) -> str:
+        return (
+            f"Topology(rank={self.rank}, size={self.size}, source={self.source!r}, node={self.node}, "
+            f"num_nodes={self.num_nodes}, local_rank={self.local_rank}, local_size={self.local_size})"
+        )
+
+
+def describe(topology: Topology) -> str:
+    """Return a one-line summary of `topology` as seen from this rank.
+
+    Not collective.
+
+    Examples
+    --------
+    ``"4 ranks on 2 nodes (virtual, 2 ranks per node); rank 1 is local rank 1/2 on node 0,
+    host n001"`` (one line).
+    """
+    t = topology
+    counts = t.ranks_per_node
+    if len(set(counts)) == 1:
+        per_node = f"{counts[0]} rank{'s' if counts[0] != 1 else ''} per node"
+    else:
+        per_node = f"ranks per node {format_tasks_per_node(counts)}"
+    try:
+        from mpi4py import MPI
+
+        host = MPI.Get_processor_name()
+    except Exception:  # noqa: BLE001 - the host name is decoration
+        host = "?"
+    return (
+        f"{t.size} rank{'s' if t.size != 1 else ''} on {t.num_nodes} node{'s' if t.num_nodes != 1 else ''} "
+        f"({t.source}, {per_node}); rank {t.rank} is local rank {t.local_rank}/{t.local_size} "
+        f"on node {t.node}, host {host}"
+    )
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+def _count_visible(value: str) -> int:
+    """Devices a ``*_VISIBLE_DEVICES`` value leaves: entries up to the first invalid one."""
+    count = 0
+    for item in value.split(","):
+        item = item.strip()
+        if item.isdigit() or item.upper().startswith(("GPU-", "MIG-")):
+            count += 1
+        else:  # "", "-1", "NoDevFiles" (Slurm's value when no GPU is allocated): the runtime stops here
+            break
+    return count
+
+
+def visible_gpu_count(environ: Mapping[str, str] | None = None) -> int | None:
+    """Return how many GPUs the environment says this process sees, or None if it does not say.
+
+    Not collective. Never imports a GPU library.
+
+    The first of these that is set decides:
+
+    1. ``CUDA_VISIBLE_DEVICES``, ``HIP_VISIBLE_DEVICES``, ``ROCR_VISIBLE_DEVICES``:
+       the entries up to the first invalid one (``""``, ``"-1"`` and Slurm's
+       ``"NoDevFiles"`` mean none). When several are set, the smallest count wins
+       (on AMD, HIP's list indexes into ROCR's).
+    2. ``SLURM_STEP_GPUS``, then ``SLURM_JOB_GPUS``: the number of listed GPUs.
+    3. ``SLURM_GPUS_ON_NODE``.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to read; ``os.environ`` when omitted.
+    """
+    env = os.environ if environ is None else environ
+    counts = [_count_visible(env[name]) for name in _VISIBLE_VARS if name in env]
+    if counts:
+        return min(counts)
+    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+        gpus = _env_index_list(env, name)
+        if gpus is not None:
+            return len(gpus)
+    return _env_int(env, "SLURM_GPUS_ON_NODE")
+
+
+def _cupy_device_count() -> int:
+    try:
+        import cupy
+    except ImportError:
+        return 0
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no driver, no device: CuPy raises several kinds
+        return 0
+
+
+def _nonnegative_int(name: str, value) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def gpu_for_local_rank(
+    local_rank: int,
+    num_gpus: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int | None:
+    """Return the device index a rank with this node-local rank should use.
+
+    Not collective.
+
+    The index is ``local_rank % n`` over the ``n`` devices this process sees, so
+    it is 0 whenever Slurm bound one GPU to each task (``--gpus-per-task=1`` with
+    ``--gpu-bind``, or ``SLURM_STEP_GPUS`` listing a single GPU).
+
+    Parameters
+    ----------
+    local_rank : int
+        The rank's index on its node, e.g. ``Topology.local_rank``.
+    num_gpus : int, optional
+        Devices visible to this process. When omitted it comes from
+        :func:`visible_gpu_count`, and only when the environment does not say,
+        from CuPy (imported here, lazily).
+    environ : mapping, optional
+        The environment to read; ``os.environ`` when omitted.
+
+    Returns
+    -------
+    int or None
+        The device index in the process's own numbering, or None when no GPU is
+        visible (no devices, or no CuPy to count them).
+
+    Examples
+    --------
+    >>> gpu_for_local_rank(5, environ={"CUDA_VISIBLE_DEVICES": "0,1,2,3"})
+    1
+    """
+    local_rank = _nonnegative_int("local_rank", local_rank)
+    if num_gpus is not None:
+        count = _nonnegative_int("num_gpus", num_gpus)
+    else:
+        count = visible_gpu_count(environ)
+        if count is None:
+            count = _cupy_device_count()
+    if count == 0:
+        return None
+    return local_rank % count
+
+
+def bind_gpu(
+    topology: Topology,
+    num_gpus: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Make the GPU chosen by :func:`gpu_for_local_rank` CuPy's current device.
+
+    Not collective: each rank binds itself. Calls ``cupy.cuda.Device(i).use()``
+    on the calling thread.
+
+    Parameters
+    ----------
+    topology : Topology
+        Supplies ``local_rank`` (and ``comm`` for error messages).
+    num_gpus, environ
+        As for :func:`gpu_for_local_rank`.
+
+    Returns
+    -------
+    int
+        The device index now in use.
+
+    Raises
+    ------
+    ImportError
+        If CuPy is not installed (``pip install hpcore[gpu]``).
+    HpcoreError
+        If no GPU is visible to this rank.
+    """
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError(
+            "bind_gpu needs CuPy, which is not installed; install it with `pip install hpcore[gpu]` "
+            "(or the cupy-cudaNNx / cupy-rocm wheel matching your toolkit)"
+        ) from exc
+    index = gpu_for_local_rank(topology.local_rank, num_gpus, environ)
+    if index is None:
+        env = os.environ if environ is None else environ
+        seen = ", ".join(f"{n}={env[n]!r}" for n in _VISIBLE_VARS if n in env) or "no *_VISIBLE_DEVICES set"
+        raise HpcoreError(
+            f"{rank_prefix(getattr(topology, 'comm', None))}bind_gpu: no GPU visible to local rank "
+            f"{topology.local_rank} ({seen})"
+        )
+    cupy.cuda.Device(index).use()
+    return index
