@@ -4,6 +4,7 @@ from .arrays import array_module
 from .datatype import BlockSet, CanonicalType, StridedBlock, canonicalize, from_view, to_mpi
 from .errors import HpcoreError, agree
 from .pack import pack, packed_nbytes, plan, unpack
+from .transport import Comm, Request
 
 __all__ = [
     "array_module",
@@ -19,6 +20,8 @@ __all__ = [
     "packed_nbytes",
     "plan",
     "unpack",
+    "Comm",
+    "Request",
 ]
 
 __version__ = "0.1.0"

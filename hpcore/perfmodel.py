@@ -1,0 +1,146 @@
+"""Measured performance model: pack bandwidth and message times per method, stored as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["PerfModel", "default_path", "load", "mean_run", "METHODS"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mpi", "host_pack", "device_pack", "staged")
+"""Transport methods: MPI's own datatype path; host pack + send; device pack +
+CUDA-aware send; device pack staged through pinned host memory."""
+
+# Safe defaults [bytes/s] by run length [bytes], used when nothing was measured.
+# They are deliberately conservative and only decide between methods.
+_DEFAULT_PACK_BW = {
+    "host": {1: 0.3e9, 4: 1.0e9, 8: 2.0e9, 16: 4.0e9, 64: 8.0e9, 256: 12.0e9, 4096: 15.0e9},
+    "device": {1: 20e9, 4: 80e9, 8: 150e9, 16: 300e9, 64: 600e9, 256: 800e9, 4096: 1000e9},
+    "mpi": {1: 0.3e9, 4: 1.0e9, 8: 2.0e9, 16: 4.0e9, 64: 8.0e9, 256: 12.0e9, 4096: 15.0e9},
+}
+_DEFAULT_LINK = {"latency_s": 2e-6, "bandwidth": 5e9}  # contiguous messages
+_DEFAULT_D2H = {"latency_s": 10e-6, "bandwidth": 20e9}  # pinned staging copy
+
+
+def default_path() -> Path:
+    """Where the model lives: ``$HPCORE_CACHE_DIR`` or ``~/.cache/hpcore``, one file per host."""
+    root = os.environ.get("HPCORE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "hpcore")
+    return Path(root) / f"perfmodel-{socket.gethostname()}.json"
+
+
+def _interp_loglog(table: dict, x: float) -> float:
+    """Piecewise-linear interpolation in log-log space, clamped at the ends."""
+    xs = np.array(sorted(float(k) for k in table), dtype=float)
+    ys = np.array([float(table[k] if k in table else table[str(k)]) for k in sorted(table, key=float)])
+    x = min(max(float(x), xs[0]), xs[-1])
+    return float(np.exp(np.interp(np.log(x), np.log(xs), np.log(ys))))
+
+
+@dataclass
+class PerfModel:
+    """Pack bandwidths by run length and message time curves by method.
+
+    ``pack_bw[side][run] -> bytes/s`` for side in "host", "device" (ours) and "mpi"
+    (MPI's own datatype engine, host); ``message[method][nbytes] -> seconds`` one-way
+    for a contiguous message of that method; ``staging`` latency/bandwidth of a
+    pinned host<->device copy. Missing entries fall back to safe defaults.
+    """
+
+    pack_bw: dict = field(default_factory=dict)
+    message: dict = field(default_factory=dict)
+    staging: dict = field(default_factory=dict)
+    source: str = "defaults"
+
+    # ----------------------------------------------------------------- queries
+    def pack_time(self, nbytes: int, run: float, side: str = "host") -> float:
+        """Predicted time [s] to pack ``nbytes`` in runs of ``run`` bytes on ``side``."""
+        if nbytes <= 0:
+            return 0.0
+        table = self.pack_bw.get(side) or _DEFAULT_PACK_BW[side]
+        return nbytes / _interp_loglog(table, max(run, 1.0))
+
+    def message_time(self, method: str, nbytes: int) -> float:
+        """Predicted one-way time [s] of a contiguous ``nbytes`` message sent by ``method``."""
+        table = self.message.get(method) or self.message.get("host_pack")
+        if table:
+            return _interp_loglog(table, max(nbytes, 1))
+        return _DEFAULT_LINK["latency_s"] + nbytes / _DEFAULT_LINK["bandwidth"]
+
+    def staging_time(self, nbytes: int) -> float:
+        """Predicted time [s] of one pinned host<->device copy of ``nbytes``."""
+        s = self.staging or _DEFAULT_D2H
+        return s["latency_s"] + nbytes / s["bandwidth"]
+
+    def predict(self, method: str, nbytes: int, run: float, contiguous: bool = False) -> float:
+        """Predicted one-way time [s] of sending one non-contiguous message by ``method``.
+
+        ``nbytes`` packed bytes in runs of ``run`` bytes on average. The receiver's
+        unpack costs the same as the pack and is counted once more.
+        """
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        wire = self.message_time("host_pack" if method in ("mpi", "host_pack", "staged") else "device_pack", nbytes)
+        if contiguous:
+            return wire
+        if method == "mpi":
+            return wire + 2 * self.pack_time(nbytes, run, "mpi")
+        if method == "host_pack":
+            return wire + 2 * self.pack_time(nbytes, run, "host")
+        if method == "device_pack":
+            return wire + 2 * self.pack_time(nbytes, run, "device")
+        return wire + 2 * (self.pack_time(nbytes, run, "device") + self.staging_time(nbytes))
+
+    # ----------------------------------------------------------------- storage
+    def to_json(self) -> dict:
+        return {"version": 1, "pack_bw": self.pack_bw, "message": self.message, "staging": self.staging}
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the model as JSON (atomically). Not collective: call on one rank."""
+        path = Path(path) if path is not None else default_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "json") -> "PerfModel":
+        if data.get("version") != 1:
+            raise ValueError(f"perfmodel: unsupported version {data.get('version')!r}")
+
+        def keyed(d):  # JSON keys are strings; tables are keyed by numbers
+            return {k: {float(x): float(y) for x, y in v.items()} for k, v in d.items()}
+
+        return cls(keyed(data.get("pack_bw", {})), keyed(data.get("message", {})),
+                   {k: float(v) for k, v in data.get("staging", {}).items()}, source)
+
+
+def load(path: str | os.PathLike | None = None) -> PerfModel:
+    """The stored model, or the safe defaults when none was measured (or it is unreadable).
+
+    Not collective. A damaged file is reported with ``logging`` and ignored.
+    """
+    path = Path(path) if path is not None else default_path()
+    try:
+        data = json.loads(path.read_text())
+        return PerfModel.from_json(data, source=str(path))
+    except FileNotFoundError:
+        return PerfModel()
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("hpcore.perfmodel: ignoring unreadable %s (%s); using defaults", path, exc)
+        return PerfModel()
+
+
+def mean_run(ctype) -> float:
+    """Mean contiguous run length [bytes] of a canonical type (its size over its runs)."""
+    n = ctype.nblocks
+    return ctype.size / n if n else float(ctype.size or 1)
+

@@ -1,0 +1,302 @@
+"""Point-to-point transport of (buffer, datatype, count) on host or device buffers, method chosen per message."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from . import perfmodel
+from .arrays import as_bytes, is_device_array
+from .cuda_aware import detect_cuda_aware
+from .datatype import CanonicalType, canonicalize
+from .errors import HpcoreError, rank_prefix
+from .pack import _check_span, pack, plan, unpack
+from .staging import BufferPool
+
+__all__ = ["Comm", "Request", "Method"]
+
+Method = Literal["mpi", "host_pack", "device_pack", "staged"]
+
+
+class Request:
+    """A pending send or receive. ``test()`` / ``wait()`` complete it; a receive that
+    went through a packed buffer is unpacked into the user's buffer on completion."""
+
+    def __init__(self, mpi_request, finish=None):
+        self._req = mpi_request
+        self._finish = finish
+        self._done = False
+
+    def _complete(self, status) -> None:
+        self._done = True
+        fin, self._finish = self._finish, None
+        if fin is not None:
+            fin(status)
+
+    def test(self) -> bool:
+        """Progress MPI and return True once the operation completed. Not collective."""
+        if self._done:
+            return True
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        flag = self._req.Test(status)
+        if flag:
+            self._complete(status)
+        return bool(flag)
+
+    def wait(self, status=None) -> None:
+        """Block until the operation completed (and is unpacked). Not collective."""
+        if self._done:
+            return
+        from mpi4py import MPI
+
+        st = status if status is not None else MPI.Status()
+        self._req.Wait(st)
+        self._complete(st)
+
+    @staticmethod
+    def waitall(requests) -> None:
+        """Wait for every request in ``requests``."""
+        for r in requests:
+            r.wait()
+
+
+class Comm:
+    """Point-to-point messages of (buffer, datatype, count) on host or device buffers.
+
+    Not collective to construct; wraps an mpi4py communicator the caller owns. Each
+    message picks a method: ``"mpi"`` (hand buffer and datatype to MPI),
+    ``"host_pack"`` (pack to a host buffer, send bytes), ``"device_pack"`` (pack on
+    the device, CUDA-aware send) or ``"staged"`` (pack on the device, copy to pinned
+    host memory, send). The packed bytes are MPI's typemap order, sent as
+    ``MPI.PACKED``, so sender and receiver choose independently.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm or Comm
+    cuda_aware : bool, optional
+        Force CUDA-aware MPI on/off; default: :func:`hpcore.cuda_aware.detect_cuda_aware`.
+    model : PerfModel, optional
+        Default: :func:`hpcore.perfmodel.load` (measured, else safe defaults).
+    method : str, optional
+        Force one method for every message.
+    """
+
+    def __init__(self, comm, *, cuda_aware: Optional[bool] = None, model=None, method: Optional[Method] = None):
+        from mpi4py import MPI
+
+        if isinstance(comm, Comm):
+            comm = comm.mpi
+        if not isinstance(comm, MPI.Comm):
+            raise TypeError(f"comm: expected an mpi4py communicator, got {type(comm).__name__}")
+        if comm == MPI.COMM_NULL:
+            raise ValueError("comm: MPI.COMM_NULL")
+        _check_method(method)
+        self.mpi = comm
+        self.cuda_aware = bool(detect_cuda_aware()) if cuda_aware is None else bool(cuda_aware)
+        self.model = model if model is not None else perfmodel.load()
+        self.method = method
+        self.pool = BufferPool()
+        self.counts: dict = {m: 0 for m in perfmodel.METHODS}
+
+    @property
+    def rank(self) -> int:
+        return self.mpi.Get_rank()
+
+    @property
+    def size(self) -> int:
+        return self.mpi.Get_size()
+
+    # ----------------------------------------------------------------- choice
+    def choose(self, buf, datatype=None, count: int = 1, method: Optional[Method] = None) -> str:
+        """The method this rank uses for (buf, datatype, count). Not collective."""
+        _check_method(method)
+        method = method or self.method
+        device = is_device_array(buf)
+        if method is not None:
+            if method == "mpi" and device and not self.cuda_aware:
+                raise ValueError(f"{rank_prefix(self.mpi)}method='mpi' with a device buffer needs CUDA-aware MPI")
+            if method == "host_pack" and device:
+                raise ValueError(f"{rank_prefix(self.mpi)}method='host_pack' needs a host buffer")
+            if method in ("device_pack", "staged") and not device:
+                raise ValueError(f"{rank_prefix(self.mpi)}method={method!r} needs a device buffer")
+            if method == "device_pack" and not self.cuda_aware:
+                raise ValueError(f"{rank_prefix(self.mpi)}method='device_pack' needs CUDA-aware MPI")
+            return method
+        ctype = self._ctype(buf, datatype)
+        contiguous = ctype.is_contiguous and (count <= 1 or ctype.size == ctype.extent)
+        n = ctype.size * count
+        run = perfmodel.mean_run(ctype)
+        if not device:
+            if contiguous:
+                return "mpi"
+            t_mpi = self.model.predict("mpi", n, run)
+            t_pack = self.model.predict("host_pack", n, run)
+            return "host_pack" if t_pack < t_mpi else "mpi"
+        if not self.cuda_aware:
+            return "staged"
+        if contiguous:
+            return "mpi"
+        t_dev = self.model.predict("device_pack", n, run)
+        t_stg = self.model.predict("staged", n, run)
+        return "staged" if t_stg < t_dev else "device_pack"
+
+    def _ctype(self, buf, datatype) -> CanonicalType:
+        if datatype is None:
+            from mpi4py import MPI
+
+            return canonicalize(MPI.BYTE)
+        return datatype if isinstance(datatype, CanonicalType) else canonicalize(datatype)
+
+    def _spec(self, buf, datatype, count):
+        """(datatype, count) with datatype=None meaning all of buf's bytes."""
+        if datatype is None:
+            from mpi4py import MPI
+
+            if count != 1:
+                raise ValueError(f"count: {count} given without a datatype (datatype=None sends all of buf)")
+            return MPI.BYTE, as_bytes(buf, "buf").nbytes
+        if isinstance(datatype, CanonicalType):
+            raise TypeError("datatype: pass the MPI datatype to the transport (a CanonicalType has no MPI handle)")
+        return datatype, count
+
+    # ----------------------------------------------------------------- send side
+    def _prepare_send(self, buf, datatype, count, method):
+        datatype, count = self._spec(buf, datatype, count)
+        m = self.choose(buf, datatype, count, method)
+        pl = plan(datatype, count)
+        _check_span(pl, as_bytes(buf, "buf").nbytes, f"{rank_prefix(self.mpi)}send")
+        self.counts[m] += 1
+        from mpi4py import MPI
+
+        if m == "mpi":
+            return [buf, count, datatype], None
+        if m == "host_pack":
+            tmp = self.pool.get(pl.nbytes, "host")
+            pack(buf, datatype, count, out=tmp)
+            return [tmp, pl.nbytes, MPI.PACKED], lambda: self.pool.put(tmp, "host")
+        import cupy
+
+        with buf.device:
+            dtmp = self.pool.get(pl.nbytes, "device")
+            pack(buf, datatype, count, out=dtmp)
+            stream = cupy.cuda.get_current_stream()
+            if m == "device_pack":
+                stream.synchronize()
+                return [dtmp, pl.nbytes, MPI.PACKED], lambda: self.pool.put(dtmp, "device")
+            htmp = self.pool.get(pl.nbytes, "pinned")
+            self.pool.copy_d2h(dtmp, htmp, stream)
+            self.pool.put(dtmp, "device")
+            return [htmp, pl.nbytes, MPI.PACKED], lambda: self.pool.put(htmp, "pinned")
+
+    def send(self, buf, dest: int, tag: int = 0, *, datatype=None, count: int = 1, method: Optional[Method] = None) -> None:
+        """Blocking send of ``count`` instances of ``datatype`` from ``buf`` to ``dest``.
+
+        Point-to-point (not collective). ``datatype=None`` sends all of ``buf``'s bytes.
+        """
+        spec, release = self._prepare_send(buf, datatype, count, method)
+        try:
+            self.mpi.Send(spec, dest, tag)
+        finally:
+            if release:
+                release()
+
+    def isend(self, buf, dest: int, tag: int = 0, *, datatype=None, count: int = 1,
+              method: Optional[Method] = None) -> Request:
+        """Non-blocking send; the data is packed before this returns. Point-to-point."""
+        spec, release = self._prepare_send(buf, datatype, count, method)
+        req = self.mpi.Isend(spec, dest, tag)
+        return Request(req, (lambda status: release()) if release else None)
+
+    # ----------------------------------------------------------------- receive side
+    def _prepare_recv(self, buf, datatype, count, method):
+        datatype, count = self._spec(buf, datatype, count)
+        m = self.choose(buf, datatype, count, method)
+        pl = plan(datatype, count)
+        _check_span(pl, as_bytes(buf, "buf", writable=True).nbytes, f"{rank_prefix(self.mpi)}recv")
+        self.counts[m] += 1
+        from mpi4py import MPI
+
+        if m == "mpi":
+            return [buf, count, datatype], None
+        size = pl.ctype.size
+
+        def finish(tmp, status, to_user, release):
+            got = status.Get_count(MPI.PACKED)
+            try:
+                if got != pl.nbytes:
+                    if size == 0 or got % size:
+                        raise HpcoreError(
+                            f"{rank_prefix(self.mpi)}recv: received {got} bytes, not a whole number of "
+                            f"{size}-byte instances (expected {pl.nbytes})"
+                        )
+                to_user(tmp, got // size if size else 0)
+            finally:
+                release()
+
+        if m == "host_pack":
+            tmp = self.pool.get(pl.nbytes, "host")
+            return [tmp, pl.nbytes, MPI.PACKED], lambda st: finish(
+                tmp, st, lambda t, c: unpack(t, buf, datatype, c), lambda: self.pool.put(tmp, "host"))
+        with buf.device:
+            dtmp = self.pool.get(pl.nbytes, "device")
+        if m == "device_pack":
+            return [dtmp, pl.nbytes, MPI.PACKED], lambda st: finish(
+                dtmp, st, lambda t, c: _device_unpack(t, buf, datatype, c), lambda: self.pool.put(dtmp, "device"))
+        htmp = self.pool.get(pl.nbytes, "pinned")
+
+        def staged_unpack(t, c):
+            import cupy
+
+            with buf.device:
+                stream = cupy.cuda.get_current_stream()
+                self.pool.copy_h2d(t, dtmp, stream)
+                _device_unpack(dtmp, buf, datatype, c)
+
+        def release():
+            self.pool.put(htmp, "pinned")
+            self.pool.put(dtmp, "device")
+
+        return [htmp, pl.nbytes, MPI.PACKED], lambda st: finish(htmp, st, staged_unpack, release)
+
+    def recv(self, buf, source: int = -2, tag: int = -1, *, datatype=None, count: int = 1, status=None,
+             method: Optional[Method] = None) -> None:
+        """Blocking receive into ``buf`` as ``count`` instances of ``datatype``.
+
+        Point-to-point. ``source``/``tag`` default to ``MPI.ANY_SOURCE``/``MPI.ANY_TAG``.
+        Device buffers are complete (stream synchronized) when this returns.
+        """
+        req = self.irecv(buf, source, tag, datatype=datatype, count=count, method=method)
+        req.wait(status)
+
+    def irecv(self, buf, source: int = -2, tag: int = -1, *, datatype=None, count: int = 1,
+              method: Optional[Method] = None) -> Request:
+        """Non-blocking receive; ``buf`` holds the data after the request's ``wait()``."""
+        from mpi4py import MPI
+
+        source = MPI.ANY_SOURCE if source == -2 else source
+        tag = MPI.ANY_TAG if tag == -1 else tag
+        spec, finish = self._prepare_recv(buf, datatype, count, method)
+        return Request(self.mpi.Irecv(spec, source, tag), finish)
+
+    def sendrecv(self, sendbuf, dest: int, recvbuf, source: int, sendtag: int = 0, recvtag: int = -1, *,
+                 senddatatype=None, sendcount: int = 1, recvdatatype=None, recvcount: int = 1,
+                 status=None) -> None:
+        """Send to ``dest`` and receive from ``source`` at once (no deadlock). Point-to-point."""
+        r = self.irecv(recvbuf, source, recvtag, datatype=recvdatatype, count=recvcount)
+        s = self.isend(sendbuf, dest, sendtag, datatype=senddatatype, count=sendcount)
+        s.wait()
+        r.wait(status)
+
+
+def _device_unpack(packed, buf, datatype, count) -> None:
+    import cupy
+
+    unpack(packed, buf, datatype, count)
+    cupy.cuda.get_current_stream().synchronize()
+
+
+def _check_method(method) -> None:
+    if method is not None and method not in perfmodel.METHODS:
+        raise ValueError(f"method: expected one of {perfmodel.METHODS} or None, got {method!r}")
+
