@@ -42,6 +42,12 @@ def as_bytes(buf, name: str = "buf", writable: bool = False):
     ``TypeError`` for objects that expose no memory, ``ValueError`` for
     non-contiguous arrays or read-only memory when ``writable``.
     """
+    if type(buf) is np.ndarray:  # hot path
+        flags = buf.flags
+        if flags.c_contiguous and (not writable or flags.writeable):
+            if buf.dtype == np.uint8 and buf.ndim == 1:
+                return buf
+            return buf.reshape(-1).view(np.uint8)
     if is_device_array(buf):
         import cupy
 

@@ -457,15 +457,15 @@ def _named(dt, mpi) -> list:
     if size == true_extent:
         return [StridedBlock(true_lb, (size,), (1,), 0, (1,))]
     # MPI's pair types for MINLOC/MAXLOC: {T value; int index;} with padding in between.
-    pairs = {
-        mpi.SHORT_INT: mpi.SHORT,
-        mpi.FLOAT_INT: mpi.FLOAT,
-        mpi.DOUBLE_INT: mpi.DOUBLE,
-        mpi.LONG_INT: mpi.LONG,
-        mpi.LONG_DOUBLE_INT: mpi.LONG_DOUBLE,
-        mpi.TWOINT: mpi.INT,
-    }
-    for pair, first in pairs.items():
+    pairs = (
+        (mpi.SHORT_INT, mpi.SHORT),
+        (mpi.FLOAT_INT, mpi.FLOAT),
+        (mpi.DOUBLE_INT, mpi.DOUBLE),
+        (mpi.LONG_INT, mpi.LONG),
+        (mpi.LONG_DOUBLE_INT, mpi.LONG_DOUBLE),
+        (mpi.TWOINT, mpi.INT),
+    )
+    for pair, first in pairs:
         if dt == pair:
             a = first.Get_size()
             b = size - a
@@ -543,19 +543,17 @@ _keyval = None
 
 def _canonical(dt, mpi) -> CanonicalType:
     global _keyval
-    if dt.is_predefined:
-        key = dt.handle
-        got = _named_cache.get(key)
-        if got is None:
-            got = _make(dt, mpi)
-            _named_cache[key] = got
-        return got
     with _lock:
         if _keyval is None:
             _keyval = mpi.Datatype.Create_keyval()
     got = dt.Get_attr(_keyval)
     if got is None:
-        got = _make(dt, mpi)
+        if dt.is_predefined:  # predefined handles are never freed: share one form per handle
+            got = _named_cache.get(dt.handle)
+            if got is None:
+                got = _named_cache[dt.handle] = _make(dt, mpi)
+        else:
+            got = _make(dt, mpi)
         dt.Set_attr(_keyval, got)
     return got
 
@@ -578,6 +576,14 @@ def canonicalize(datatype) -> CanonicalType:
     is dropped when the datatype is freed. Raises ``TypeError`` for a non-datatype,
     ``ValueError`` for a null or uncommitted datatype.
     """
+    kv = _keyval
+    if kv is not None:  # hot path: one attribute lookup
+        try:
+            got = datatype.Get_attr(kv)
+        except Exception:  # noqa: BLE001 - not a datatype, or a null one: the slow path says which
+            got = None
+        if got is not None:
+            return got
     from mpi4py import MPI
 
     if not isinstance(datatype, MPI.Datatype):
@@ -650,8 +656,9 @@ def _nbytes(a) -> int:
 def to_mpi(ctype: CanonicalType):
     """A committed mpi4py datatype with the same typemap bytes, ``lb`` and ``extent``.
 
-    Not collective. The caller frees the result. Built from byte (h)vectors, so MPI
-    packs it to the same bytes as the canonical type.
+    Not collective. The caller frees the result. Built from (h)vectors of the widest
+    unsigned word dividing each run, so MPI packs it to the same bytes as the
+    canonical type (native representation).
     """
     from mpi4py import MPI
 
@@ -667,7 +674,10 @@ def to_mpi(ctype: CanonicalType):
 
 
 def _mpi_block(b: StridedBlock, mpi, temps) -> object:
-    t = mpi.BYTE.Create_contiguous(b.counts[0])
+    run = b.counts[0]
+    word, unit = next((w, u) for w, u in ((8, mpi.UINT64_T), (4, mpi.UINT32_T), (2, mpi.UINT16_T), (1, mpi.BYTE))
+                      if run % w == 0)
+    t = unit.Create_contiguous(run // word)
     temps.append(t)
     for c, s in zip(b.counts[1:], b.strides[1:]):
         t = t.Create_hvector(c, 1, s)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+import sys
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .arrays import array_module, as_bytes, is_device_array
-from .datatype import BlockSet, CanonicalType, StridedBlock, canonicalize
+from .datatype import BlockSet, CanonicalType, StridedBlock, canonicalize, to_mpi
 
 __all__ = ["PackPlan", "plan", "pack", "unpack", "packed_nbytes"]
 
@@ -77,6 +80,12 @@ class PackPlan:
     lo: int
     hi: int
     device_state: dict
+    host_state: dict = field(default_factory=dict)
+
+    @property
+    def host_engine(self) -> dict:
+        """The host engine chosen so far per direction: ``{"pack"|"unpack": "numpy"|"mpi"}``."""
+        return {k: v for k, v in self.host_state.items() if k in ("pack", "unpack")}
 
 
 def plan(datatype, count: int = 1) -> PackPlan:
@@ -86,9 +95,10 @@ def plan(datatype, count: int = 1) -> PackPlan:
     :class:`~hpcore.datatype.CanonicalType`.
     """
     ctype = datatype if isinstance(datatype, CanonicalType) else canonicalize(datatype)
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-        raise TypeError(f"count: expected an int, got {type(count).__name__}")
-    count = int(count)
+    if type(count) is not int:
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+            raise TypeError(f"count: expected an int, got {type(count).__name__}")
+        count = int(count)
     if count < 0:
         raise ValueError(f"count: must be >= 0, got {count}")
     key = ("plan", count)
@@ -140,6 +150,7 @@ def _host_window(mem: np.ndarray, lay: SetLayout, t: StridedBlock, strides: tupl
 
 
 def _host_copy(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> None:
+    """The NumPy engine: one strided copy per strided block, one gather per BlockSet."""
     for st in pl.steps:
         p = st.piece
         if isinstance(p, BlockSet):
@@ -150,6 +161,12 @@ def _host_copy(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool
                 q[st.packed_layout.idx] = b[st.buf_layout.idx]
             else:
                 b[st.buf_layout.idx] = q[st.packed_layout.idx]
+        elif p.ndim == 1:
+            a, n = p.start, p.run
+            if to_packed:
+                packed[p.packed_start : p.packed_start + n] = u8[a : a + n]
+            else:
+                u8[a : a + n] = packed[p.packed_start : p.packed_start + n]
         else:
             b = _host_view(u8, p.start, p.counts, p.strides)
             q = _host_view(packed, p.packed_start, p.counts, p.packed_strides)
@@ -157,6 +174,83 @@ def _host_copy(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool
                 np.copyto(q, b)
             else:
                 np.copyto(b, q)
+
+
+class _MpiType:
+    """Owns the MPI datatype the MPI engine packs with; frees it when collected."""
+
+    def __init__(self, datatype):
+        self.datatype = datatype
+
+    def __del__(self):
+        mpi = sys.modules.get("mpi4py.MPI")
+        if mpi is not None and not mpi.Is_finalized():
+            self.datatype.Free()
+
+
+def _mpi_engine(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> None:
+    """MPI's own engine on the canonical type (flattened, widest words): one Pack/Unpack."""
+    from mpi4py import MPI
+
+    holder = pl.host_state.get("mpi_type")
+    if holder is None:
+        base = to_mpi(pl.ctype)
+        try:
+            whole = base.Create_contiguous(pl.count)
+        finally:
+            base.Free()
+        try:
+            one = whole.Create_resized(0, 1).Commit()  # so that a 1-byte buffer means count 1
+        finally:
+            whole.Free()
+        holder = pl.host_state["mpi_type"] = _MpiType(one)
+    origin = MPI.buffer.fromaddress(u8.ctypes.data, 1, readonly=False)
+    if to_packed:
+        holder.datatype.Pack(origin, packed, 0, MPI.COMM_SELF)
+    else:
+        holder.datatype.Unpack(packed, 0, origin, MPI.COMM_SELF)
+
+
+HOST_ENGINE_ENV = "HPCORE_HOST_ENGINE"
+"""``numpy``, ``mpi`` or ``auto`` (default): which engine packs host buffers."""
+
+
+def _mpi_usable() -> bool:
+    mpi = sys.modules.get("mpi4py.MPI")  # never initialize MPI behind the caller's back
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
+
+
+def _host_execute(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> None:
+    """Run the host engine chosen for this plan and direction, choosing it on first use.
+
+    Both engines write the same bytes. ``auto`` times each on the first call (the
+    faster wins for the plan's lifetime), like an FFT planner: measured, not assumed.
+    """
+    key = "pack" if to_packed else "unpack"
+    engine = pl.host_state.get(key)
+    if engine is None:
+        choice = os.environ.get(HOST_ENGINE_ENV, "auto").strip().lower()
+        if choice not in ("auto", "numpy", "mpi"):
+            raise ValueError(f"{HOST_ENGINE_ENV}={choice!r}: expected auto, numpy or mpi")
+        if choice == "mpi" and not _mpi_usable():
+            raise ValueError(f"{HOST_ENGINE_ENV}=mpi but MPI is not initialized")
+        if choice == "auto":
+            if not _mpi_usable():
+                choice = "numpy"
+            else:
+                reps = 1 if pl.nbytes > (64 << 20) else 3
+                times = {}
+                for name, fn in (("numpy", _host_copy), ("mpi", _mpi_engine)):
+                    samples = []
+                    for _ in range(reps):
+                        t0 = time.perf_counter()
+                        fn(pl, u8, packed, to_packed)
+                        samples.append(time.perf_counter() - t0)
+                    times[name] = min(samples)
+                choice = min(times, key=times.get)
+                pl.host_state[key + "_times_s"] = times
+        engine = pl.host_state[key] = choice
+    (_mpi_engine if engine == "mpi" else _host_copy)(pl, u8, packed, to_packed)
 
 
 # --------------------------------------------------------------------------- API
@@ -185,16 +279,16 @@ def pack(buf, datatype, count: int = 1, out=None):
     pl = plan(datatype, count)
     src = as_bytes(buf, "buf", writable=False)
     _check_span(pl, src.nbytes, "pack")
-    xp = array_module(src)
-    dst = _out_bytes(out, pl.nbytes, xp, src)
+    device = type(src) is not np.ndarray and is_device_array(src)
+    dst = _out_bytes(out, pl.nbytes, src, device)
     if pl.nbytes == 0:
         return dst
-    if is_device_array(src):
+    if device:
         from . import device_pack
 
         device_pack.execute(pl, src, dst, to_packed=True)
     else:
-        _host_copy(pl, src, dst, True)
+        _host_execute(pl, src, dst, True)
     return dst
 
 
@@ -222,19 +316,24 @@ def unpack(packed, buf, datatype, count: int = 1) -> None:
 
         device_pack.execute(pl, dst, src, to_packed=False)
     else:
-        _host_copy(pl, dst, src, False)
+        _host_execute(pl, dst, src, False)
 
 
-def _out_bytes(out, nbytes: int, xp, like):
+def _out_bytes(out, nbytes: int, like, device: bool):
     if out is None:
-        if is_device_array(like):
+        if device:
+            xp = array_module(like)
             with like.device:
                 return xp.empty(nbytes, dtype=xp.uint8)
         return np.empty(nbytes, dtype=np.uint8)
     o = as_bytes(out, "out", writable=True)
-    if is_device_array(o) != is_device_array(like):
+    if not device and type(o) is np.ndarray:
+        if o.nbytes < nbytes:
+            raise ValueError(f"out: has {o.nbytes} bytes, the packed data needs {nbytes}")
+        return o if o.nbytes == nbytes else o[:nbytes]
+    if (type(o) is not np.ndarray and is_device_array(o)) != device:
         raise ValueError("out: must be on the same device as buf (host vs device mismatch)")
-    if is_device_array(o) and o.device != like.device:
+    if device and o.device != like.device:
         raise ValueError(f"out: is on device {o.device.id}, buf on device {like.device.id}")
     if o.nbytes < nbytes:
         raise ValueError(f"out: has {o.nbytes} bytes, the packed data needs {nbytes}")

@@ -360,7 +360,7 @@ def _resolve(source, ranks_per_node, size: int) -> tuple[str, tuple[int, ...] | 
 def _number_by_first_rank(keys) -> list[int]:
     """Map per-rank node keys to node indices 0.., numbered by the lowest rank on each node."""
     index: dict = {}
-    return [index.setdefault(key, len(index)) for key in keys] if not isinstance(keys[0], int) or True else None
+    return [index.setdefault(key, len(index)) for key in keys]
 
 
 class Topology:
@@ -456,7 +456,7 @@ class Topology:
             resolved, sizes = _resolve(source, ranks_per_node, self.size)
         except (TypeError, ValueError) as exc:
             error = exc
-        if error: raise error
+        agree(comm, error)
 
         # 2. Same arguments on every rank (compared after normalization: 2 == [2, 2] on 4 ranks).
         calls = comm.allgather((resolved, sizes, source, repr(ranks_per_node)))

@@ -9,7 +9,9 @@ from mpi4py import MPI
 
 from hpcore.topology import Topology, bind_gpu, describe, format_tasks_per_node
 
-pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(60)]
+# method="thread": a rank stuck inside a blocking MPI call never returns to Python, so the
+# default SIGALRM method cannot fire; the thread method exits the process and mpiexec ends the job.
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(60, method="thread")]
 
 
 @pytest.fixture(params=["world-dup", "split-reversed"])

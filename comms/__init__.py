@@ -1,0 +1,3 @@
+"""comms: communication patterns on hpcore (decomposition, halo exchange, ring and hierarchical collectives)."""
+
+__all__: list = []

@@ -1,0 +1,29 @@
+"""hpcore: a CUDA-aware MPI layer, communication patterns and solvers for MPI programs on CPUs and GPUs."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hpcore",
+    version="0.1.0",
+    description="CUDA-aware MPI layer with canonical datatype packing, halo exchange, ring and hierarchical collectives",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["hpcore", "hpcore.*", "comms", "comms.*", "solvers", "solvers.*"]),
+    # mpi4py is required; it builds against the MPI found by `mpicc` (the supercomputer case)
+    # unless the `mpich` extra brings a wheel MPI for machines that have none.
+    install_requires=["mpi4py>=4.0", "numpy>=1.23", "h5py>=3.0"],
+    extras_require={
+        "mpich": ["mpich>=4.2"],
+        "gpu": ["cupy-cuda12x>=13"],
+        "petsc": ["petsc4py>=3.20"],
+        "test": ["pytest>=7", "pytest-mpi>=0.6", "pytest-timeout>=2.1"],
+        "plot": ["matplotlib>=3.6"],
+    },
+    entry_points={"console_scripts": ["hpcore-measure=hpcore.measure:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

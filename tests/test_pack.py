@@ -1,0 +1,109 @@
+"""pack/unpack arguments: bad input gets a clear error and nothing outside the type is touched."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import hpcore
+from hpcore import typezoo
+
+
+@pytest.fixture
+def vec():
+    t = MPI.DOUBLE.Create_vector(4, 2, 5).Commit()  # touches bytes [0, 136)
+    yield t
+    t.Free()
+
+
+def test_buffer_too_small_names_the_span(vec):
+    buf = np.zeros(16, dtype=np.float64)  # 128 bytes
+    with pytest.raises(ValueError, match=r"too small.*\[0, 136\)"):
+        hpcore.pack(buf, vec)
+    with pytest.raises(ValueError, match="too small"):
+        hpcore.unpack(np.zeros(64, np.uint8), buf, vec)
+    buf2 = np.zeros(17, dtype=np.float64)
+    hpcore.pack(buf2, vec)  # exactly enough
+    with pytest.raises(ValueError, match="too small"):
+        hpcore.pack(buf2, vec, count=2)
+
+
+def test_negative_and_non_integer_count(vec):
+    buf = np.zeros(100)
+    with pytest.raises(ValueError, match="count"):
+        hpcore.pack(buf, vec, count=-1)
+    with pytest.raises(TypeError, match="count"):
+        hpcore.pack(buf, vec, count=1.5)
+    with pytest.raises(TypeError, match="count"):
+        hpcore.pack(buf, vec, count=True)
+
+
+def test_count_zero_is_empty(vec):
+    got = hpcore.pack(np.zeros(0), vec, count=0)
+    assert got.shape == (0,) and got.dtype == np.uint8
+    hpcore.unpack(got, np.zeros(0), vec, count=0)
+
+
+def test_out_too_small_or_read_only(vec):
+    buf = np.arange(40.0)
+    with pytest.raises(ValueError, match="out: has 10 bytes"):
+        hpcore.pack(buf, vec, out=np.zeros(10, np.uint8))
+    ro = np.zeros(64, np.uint8)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out: array is read-only"):
+        hpcore.pack(buf, vec, out=ro)
+    big = np.full(100, 7, np.uint8)
+    got = hpcore.pack(buf, vec, out=big)
+    assert got.nbytes == 64 and np.shares_memory(got, big)
+    assert (big[64:] == 7).all()
+
+
+def test_non_contiguous_and_non_buffer_inputs(vec):
+    a = np.arange(100.0)
+    with pytest.raises(ValueError, match="contiguous"):
+        hpcore.pack(a[::2], vec)
+    with pytest.raises(TypeError, match="bytes-like"):
+        hpcore.pack(object(), vec)
+    ro = np.arange(40.0)
+    ro.flags.writeable = False
+    hpcore.pack(ro, vec)  # reading a read-only buffer is fine
+    with pytest.raises(ValueError, match="read-only"):
+        hpcore.unpack(np.zeros(64, np.uint8), ro, vec)
+    with pytest.raises(ValueError, match="packed has 8 bytes"):
+        hpcore.unpack(np.zeros(8, np.uint8), np.zeros(40), vec)
+
+
+def test_bytes_like_buffers(vec):
+    a = np.arange(40.0)
+    ref = hpcore.pack(a, vec)
+    np.testing.assert_array_equal(hpcore.pack(a.tobytes(), vec), ref)
+    ba = bytearray(a.nbytes)
+    hpcore.unpack(ref, ba, vec)
+    np.testing.assert_array_equal(hpcore.pack(bytes(ba), vec), ref)
+
+
+def test_unpack_writes_only_the_typemap(rng):
+    """Guard bytes around and between the blocks stay as they were, on random types."""
+    for seed in range(60):
+        r = np.random.default_rng(seed)
+        dt, desc = typezoo.random_datatype(r)
+        try:
+            count = int(r.integers(1, 4))
+            nbytes = typezoo.buffer_nbytes(dt, count)
+            buf = r.integers(0, 256, nbytes + 64, dtype=np.uint8)
+            touched = typezoo.touched_mask(dt, count, buf.nbytes)
+            packed = r.integers(0, 256, hpcore.packed_nbytes(dt, count), dtype=np.uint8)
+            out = buf.copy()
+            hpcore.unpack(packed, out, dt, count)
+            np.testing.assert_array_equal(out[~touched], buf[~touched], err_msg=desc)
+        finally:
+            dt.Free()
+
+
+def test_packed_nbytes_equals_pack_size():
+    for seed in range(30):
+        dt, _ = typezoo.random_datatype(np.random.default_rng(1000 + seed))
+        try:
+            for count in (0, 1, 3):
+                assert hpcore.packed_nbytes(dt, count) == dt.Pack_size(count, MPI.COMM_SELF)
+        finally:
+            dt.Free()
