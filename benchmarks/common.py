@@ -131,6 +131,11 @@ def machine_lines(MPI=None) -> list:
         f"host: {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), {platform.platform()}",
         f"python {platform.python_version()}, numpy {np.__version__}, mpi4py {mpi4py.__version__}",
     ]
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        lines.append(f"load average at start (1, 5, 15 min): {load}")
+    except OSError:  # pragma: no cover - not on every platform
+        pass
     if MPI is not None:
         lib = MPI.Get_library_version().strip().splitlines()
         lines.append(f"MPI: {lib[0].strip() if lib else '?'} (standard {'.'.join(map(str, MPI.Get_version()))})")
@@ -143,7 +148,7 @@ def machine_lines(MPI=None) -> list:
     return lines
 
 
-def command_line(subcommand: str, options: Sequence[tuple], nprocs: int = 1) -> str:
+def command_line(subcommand: str, options: Sequence[tuple], nprocs: int = 1, markdown: bool = False) -> str:
     """The command that reproduces this run, every option spelled out.
 
     ``options``: ``(flag, value)`` pairs; value True is a bare flag, False/None drops it.
@@ -151,7 +156,7 @@ def command_line(subcommand: str, options: Sequence[tuple], nprocs: int = 1) -> 
     words = []
     if nprocs > 1:
         words += ["mpiexec", "-n", str(nprocs)]
-    words += ["python", "-m", "benchmarks", subcommand]
+    words += ["python", "-m", "benchmarks"] + (["--markdown"] if markdown else []) + [subcommand]
     for flag, value in options:
         if value is True:
             words.append(flag)

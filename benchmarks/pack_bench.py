@@ -154,7 +154,15 @@ def host_pack_bench(case: Case, repeat: int, warmup: int) -> dict:
         exact.Free()
     if not np.array_equal(out, ref):
         raise BenchmarkError(f"pack: hpcore.pack into out= differs from MPI_Pack on pattern {p.name}")
-    return {"nbytes": nbytes, "samples": samples}
+    return {"nbytes": nbytes, "samples": samples, "engine": _engines(hpcore.plan(dt, count))}
+
+
+def _engines(pl) -> str:
+    """The host engines hpcore's plan settled on, "pack/unpack" (where the plan records them)."""
+    state = getattr(pl, "host_state", None)
+    if not isinstance(state, dict):
+        return "numpy"
+    return f"{state.get('pack', '?')}/{state.get('unpack', '?')}"
 
 
 def _host_rows(cases):
@@ -168,7 +176,7 @@ def _host_rows(cases):
             c.name, n / 1024, c.mean_run_nbytes,
             n / t["hpcore_pack"] / 1e9, n / t["mpi_pack"] / 1e9, n / t["memcpy"] / 1e9,
             ratio(t["mpi_pack"], t["hpcore_pack"]), 100 * ratio(t["memcpy"], t["hpcore_pack"]),
-            ratio(t["mpi_unpack"], t["hpcore_unpack"]),
+            ratio(t["mpi_unpack"], t["hpcore_unpack"]), r.get("engine", "numpy"),
         ])
         r["ratio"] = rows[-1][6]
         r["memcpy_fraction"] = rows[-1][7] / 100
@@ -186,6 +194,7 @@ HOST_COLUMNS = [
     Column("hpcore/MPI [x]", ".2f"),
     Column("of memcpy [%]", ".0f"),
     Column("unpack hpcore/MPI [x]", ".2f"),
+    Column("engine pack/unpack", left=True),
 ]
 
 
@@ -370,8 +379,9 @@ def run(args, markdown: bool = False) -> int:
         return 0  # serial benchmark: extra ranks do nothing (and take no CPU from rank 0)
     if args.repeat < 1 or args.warmup < 0 or args.target_kib < 1:
         raise SystemExit("pack: --repeat and --target-kib must be >= 1, --warmup >= 0")
-    cmd = command_line("pack", [("--target-kib", args.target_kib), ("--repeat", args.repeat),
-                                ("--warmup", args.warmup), ("--only", args.only), ("--device", args.device)])
+    options = [("--target-kib", args.target_kib), ("--repeat", args.repeat), ("--warmup", args.warmup),
+               ("--only", args.only), ("--device", args.device)]
+    cmd = command_line("pack", options, markdown=markdown)
     if world.Get_size() > 1:
         print(f"pack: serial benchmark, running on rank 0 of {world.Get_size()} only", file=sys.stderr)
     cp = None
@@ -390,7 +400,7 @@ def run(args, markdown: bool = False) -> int:
             print("# " + line)
         print(f"# DDTBench patterns at ~{args.target_kib} KiB packed; TEMPI 2-D byte vectors, 1 MiB packed, "
               f"stride 512 B. Medians of {args.repeat} samples per op after {args.warmup} warm-up rounds, "
-              "ops interleaved; buffers preallocated, hot in cache after warm-up.")
+              "ops interleaved; buffers preallocated; caches warm wherever the touched lines fit.")
         print("# GB/s = 1e9 bytes of packed data per second; ratios are speedups (>1: hpcore faster); "
               "memcpy = np.copyto of the packed size (contiguous).")
         for c in cases:

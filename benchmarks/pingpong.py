@@ -38,7 +38,7 @@ def message_sizes(max_nbytes: int, min_nbytes: int = 1) -> list:
 
 def iterations(nbytes: int) -> tuple:
     """``(warmup, timed)`` round trips per loop: many for small messages, few for large ones."""
-    timed = int(min(200, max(4, (1 << 21) // max(nbytes, 1))))
+    timed = int(min(500, max(10, (1 << 21) // max(nbytes, 1))))
     return max(2, timed // 10), timed
 
 
@@ -82,7 +82,6 @@ def _check(pair, variant: Variant, sbuf, rbuf, touched, what: str) -> None:
     """
     rank = pair.Get_rank()
     rbuf[...] = 0
-    ok = True
     if rank == 0:
         variant.send(sbuf, 1)
         variant.recv(rbuf, 1)
@@ -215,7 +214,7 @@ def run(args, markdown: bool = False) -> int:
         return 0  # ranks >= 2 idle
     t_start = time.perf_counter()
     cmd = command_line("pingpong", [("--max-bytes", args.max_bytes), ("--samples", args.samples),
-                                    ("--device", args.device)], nprocs=size)
+                                    ("--device", args.device)], nprocs=size, markdown=markdown)
     cp = None
     if args.device:
         from hpcore.arrays import cupy_or_none

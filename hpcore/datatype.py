@@ -552,10 +552,30 @@ def _canonical(dt, mpi) -> CanonicalType:
             got = _named_cache.get(dt.handle)
             if got is None:
                 got = _named_cache[dt.handle] = _make(dt, mpi)
+                got._plans["source"] = OwnedDatatype(dt, owned=False)
         else:
             got = _make(dt, mpi)
+            # Our own duplicate of the caller's type, for the MPI engine: it stays valid
+            # after the caller frees theirs, and is freed with the canonical form.
+            got._plans["source"] = OwnedDatatype(dt.Dup().Commit())
         dt.Set_attr(_keyval, got)
     return got
+
+
+class OwnedDatatype:
+    """An MPI datatype that hpcore created and frees when this object is collected
+    (unless MPI is finalized by then). Not collective."""
+
+    def __init__(self, datatype, owned: bool = True):
+        self.datatype = datatype
+        self._owned = owned
+
+    def __del__(self):
+        import sys
+
+        mpi = sys.modules.get("mpi4py.MPI")
+        if self._owned and mpi is not None and not mpi.Is_finalized():
+            self.datatype.Free()
 
 
 def _make(dt, mpi) -> CanonicalType:
@@ -673,14 +693,35 @@ def to_mpi(ctype: CanonicalType):
             t.Free()
 
 
-def _mpi_block(b: StridedBlock, mpi, temps) -> object:
-    run = b.counts[0]
-    word, unit = next((w, u) for w, u in ((8, mpi.UINT64_T), (4, mpi.UINT32_T), (2, mpi.UINT16_T), (1, mpi.BYTE))
-                      if run % w == 0)
-    t = unit.Create_contiguous(run // word)
+def _word_unit(run: int, mpi):
+    """The widest unsigned MPI word dividing ``run`` [bytes], and its size."""
+    for w, unit in ((8, mpi.UINT64_T), (4, mpi.UINT32_T), (2, mpi.UINT16_T), (1, mpi.BYTE)):
+        if run % w == 0:
+            return unit, w
+
+
+def _mpi_block(b: StridedBlock, mpi, temps, starts=None) -> object:
+    """MPI type of one strided block (at offset 0), or of a BlockSet when ``starts`` is given.
+
+    The run goes into the blocklength of the innermost constructor (no nested
+    contiguous level), which MPI engines pack fastest.
+    """
+    unit, w = _word_unit(b.counts[0], mpi)
+    n = b.counts[0] // w
+    if b.ndim == 1:
+        if starts is not None:
+            t = unit.Create_hindexed_block(n, starts)
+        else:
+            t = unit.Create_contiguous(n)
+        temps.append(t)
+        return t
+    t = unit.Create_hvector(b.counts[1], n, b.strides[1])
     temps.append(t)
-    for c, s in zip(b.counts[1:], b.strides[1:]):
+    for c, s in zip(b.counts[2:], b.strides[2:]):
         t = t.Create_hvector(c, 1, s)
+        temps.append(t)
+    if starts is not None:
+        t = t.Create_hindexed_block(1, starts)
         temps.append(t)
     return t
 
@@ -696,10 +737,7 @@ def _mpi_of(pieces: list, size: int, mpi, temps) -> object:
         types, disps = [], []
         for p in pieces:
             if isinstance(p, BlockSet):
-                tt = _mpi_block(p.template, mpi, temps)
-                tt = tt.Create_hindexed_block(1, p.starts.tolist())
-                temps.append(tt)
-                types.append(tt)
+                types.append(_mpi_block(p.template, mpi, temps, p.starts.tolist()))
                 disps.append(0)
             else:
                 types.append(_mpi_block(replace(p, start=0), mpi, temps))

@@ -11,7 +11,7 @@ from . import perfmodel
 from .arrays import cupy_or_none
 from .pack import pack
 
-__all__ = ["measure_pack", "measure_messages", "measure_staging", "main"]
+__all__ = ["measure_pack", "measure_messages", "measure_staging", "measure_overhead", "main"]
 
 RUNS = (1, 4, 8, 16, 64, 256, 4096)
 
@@ -31,11 +31,27 @@ def _median_time(fn, repeat: int, sync=None) -> float:
 
 
 def _vector_type(run: int, nbytes: int):
+    """A vector of runs of ``run`` bytes every ``2 run`` bytes, in the widest typed word
+    (MPI engines pack typed words much faster than MPI.BYTE, and user types are typed)."""
     from mpi4py import MPI
 
+    word, unit = next((w, u) for w, u in ((8, MPI.UINT64_T), (4, MPI.UINT32_T), (2, MPI.UINT16_T), (1, MPI.BYTE))
+                      if run % w == 0)
     count = max(1, nbytes // run)
-    t = MPI.BYTE.Create_vector(count, run, 2 * run).Commit()
+    t = unit.Create_vector(count, run // word, 2 * run // word).Commit()
     return t, count * run, (2 * count) * run
+
+
+def measure_overhead(repeat: int = 200) -> float:
+    """hpcore's fixed cost [s] of one pack call (8 bytes of a strided type). Not collective."""
+    from mpi4py import MPI
+
+    t = MPI.DOUBLE.Create_vector(1, 1, 2).Commit()
+    try:
+        buf, out = np.zeros(2), np.empty(8, np.uint8)
+        return _median_time(lambda: pack(buf, t, 1, out=out), repeat)
+    finally:
+        t.Free()
 
 
 def measure_pack(nbytes: int = 1 << 20, repeat: int = 10, device: bool = False) -> dict:
@@ -87,9 +103,10 @@ def measure_messages(comm, sizes=(1, 1 << 10, 1 << 16, 1 << 20, 1 << 22), repeat
                 buf = cp.zeros(n, cp.uint8)
             else:
                 buf = np.zeros(n, np.uint8)
-            comm.Barrier()
-            t0 = time.perf_counter()
-            for _ in range(repeat):
+            for it in range(repeat + 3):  # 3 warm-up round trips, then timed ones
+                if it == 3:
+                    comm.Barrier()
+                    t0 = time.perf_counter()
                 if rank == 0:
                     comm.Send([buf, n, MPI.BYTE], 1, 7)
                     comm.Recv([buf, n, MPI.BYTE], 1, 7)
@@ -129,6 +146,7 @@ def main(argv=None) -> int:
     if comm.Get_rank() == 0:
         model.pack_bw = measure_pack(repeat=args.repeat, device=args.device)
         model.staging = measure_staging() or {}
+        model.overhead_s = measure_overhead()
     if comm.Get_size() >= 2:
         model.message = measure_messages(comm, repeat=args.repeat * 2, device=args.device)
     if comm.Get_rank() == 0:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import array_module, as_bytes, is_device_array
-from .datatype import BlockSet, CanonicalType, StridedBlock, canonicalize, to_mpi
+from .datatype import BlockSet, CanonicalType, OwnedDatatype, StridedBlock, canonicalize, to_mpi
 
 __all__ = ["PackPlan", "plan", "pack", "unpack", "packed_nbytes"]
 
@@ -176,43 +176,55 @@ def _host_copy(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool
                 np.copyto(b, q)
 
 
-class _MpiType:
-    """Owns the MPI datatype the MPI engine packs with; frees it when collected."""
+def _mpi_whole(pl: PackPlan, key: str, base_fn):
+    """A committed type for ``count`` instances with extent 1 (so a 1-byte buffer is count 1)."""
+    holder = pl.host_state.get(key)
+    if holder is None:
+        base, owned = base_fn()
+        try:
+            whole = base.Create_contiguous(pl.count)
+        finally:
+            if owned:
+                base.Free()
+        try:
+            one = whole.Create_resized(0, 1).Commit()
+        finally:
+            whole.Free()
+        holder = pl.host_state[key] = OwnedDatatype(one)
+    return holder.datatype
 
-    def __init__(self, datatype):
-        self.datatype = datatype
 
-    def __del__(self):
-        mpi = sys.modules.get("mpi4py.MPI")
-        if mpi is not None and not mpi.Is_finalized():
-            self.datatype.Free()
+def _mpi_run(datatype, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> None:
+    from mpi4py import MPI
+
+    origin = MPI.buffer.fromaddress(u8.ctypes.data, 1, readonly=False)
+    if to_packed:
+        datatype.Pack(origin, packed, 0, MPI.COMM_SELF)
+    else:
+        datatype.Unpack(packed, 0, origin, MPI.COMM_SELF)
 
 
 def _mpi_engine(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> None:
     """MPI's own engine on the canonical type (flattened, widest words): one Pack/Unpack."""
-    from mpi4py import MPI
+    t = _mpi_whole(pl, "mpi_type", lambda: (to_mpi(pl.ctype), True))
+    _mpi_run(t, u8, packed, to_packed)
 
-    holder = pl.host_state.get("mpi_type")
-    if holder is None:
-        base = to_mpi(pl.ctype)
-        try:
-            whole = base.Create_contiguous(pl.count)
-        finally:
-            base.Free()
-        try:
-            one = whole.Create_resized(0, 1).Commit()  # so that a 1-byte buffer means count 1
-        finally:
-            whole.Free()
-        holder = pl.host_state["mpi_type"] = _MpiType(one)
-    origin = MPI.buffer.fromaddress(u8.ctypes.data, 1, readonly=False)
-    if to_packed:
-        holder.datatype.Pack(origin, packed, 0, MPI.COMM_SELF)
-    else:
-        holder.datatype.Unpack(packed, 0, origin, MPI.COMM_SELF)
+
+def _mpi_source_engine(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> None:
+    """MPI's own engine on the caller's original datatype."""
+    src = pl.ctype._plans.get("source")
+    if src is None:  # a canonical form built from a view has no MPI original
+        return _mpi_engine(pl, u8, packed, to_packed)
+    t = _mpi_whole(pl, "mpi_source_type", lambda: (src.datatype, False))
+    _mpi_run(t, u8, packed, to_packed)
+
+
+_ENGINES = {"numpy": _host_copy, "mpi": _mpi_engine, "mpi_source": _mpi_source_engine}
 
 
 HOST_ENGINE_ENV = "HPCORE_HOST_ENGINE"
-"""``numpy``, ``mpi`` or ``auto`` (default): which engine packs host buffers."""
+"""``numpy``, ``mpi`` (MPI on the canonical type), ``mpi_source`` (MPI on the caller's
+type) or ``auto`` (default: the fastest of those, timed on first use): the host engine."""
 
 
 def _mpi_usable() -> bool:
@@ -230,27 +242,27 @@ def _host_execute(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: b
     engine = pl.host_state.get(key)
     if engine is None:
         choice = os.environ.get(HOST_ENGINE_ENV, "auto").strip().lower()
-        if choice not in ("auto", "numpy", "mpi"):
-            raise ValueError(f"{HOST_ENGINE_ENV}={choice!r}: expected auto, numpy or mpi")
-        if choice == "mpi" and not _mpi_usable():
-            raise ValueError(f"{HOST_ENGINE_ENV}=mpi but MPI is not initialized")
+        if choice not in ("auto",) + tuple(_ENGINES):
+            raise ValueError(f"{HOST_ENGINE_ENV}={choice!r}: expected auto, numpy, mpi or mpi_source")
+        if choice != "numpy" and choice != "auto" and not _mpi_usable():
+            raise ValueError(f"{HOST_ENGINE_ENV}={choice} but MPI is not initialized")
         if choice == "auto":
             if not _mpi_usable():
                 choice = "numpy"
             else:
-                reps = 1 if pl.nbytes > (64 << 20) else 3
-                times = {}
-                for name, fn in (("numpy", _host_copy), ("mpi", _mpi_engine)):
-                    samples = []
-                    for _ in range(reps):
+                reps = 1 if pl.nbytes > (64 << 20) else 5
+                names = [n for n in _ENGINES if n != "mpi_source" or "source" in pl.ctype._plans]
+                samples = {n: [] for n in names}
+                for _ in range(reps):  # interleaved, so a burst of noise hits every engine
+                    for n in names:
                         t0 = time.perf_counter()
-                        fn(pl, u8, packed, to_packed)
-                        samples.append(time.perf_counter() - t0)
-                    times[name] = min(samples)
+                        _ENGINES[n](pl, u8, packed, to_packed)
+                        samples[n].append(time.perf_counter() - t0)
+                times = {n: float(np.median(v)) for n, v in samples.items()}
                 choice = min(times, key=times.get)
                 pl.host_state[key + "_times_s"] = times
         engine = pl.host_state[key] = choice
-    (_mpi_engine if engine == "mpi" else _host_copy)(pl, u8, packed, to_packed)
+    _ENGINES[engine](pl, u8, packed, to_packed)
 
 
 # --------------------------------------------------------------------------- API

@@ -36,12 +36,20 @@ def default_path() -> Path:
     return Path(root) / f"perfmodel-{socket.gethostname()}.json"
 
 
+_curves: dict = {}
+
+
 def _interp_loglog(table: dict, x: float) -> float:
     """Piecewise-linear interpolation in log-log space, clamped at the ends."""
-    xs = np.array(sorted(float(k) for k in table), dtype=float)
-    ys = np.array([float(table[k] if k in table else table[str(k)]) for k in sorted(table, key=float)])
-    x = min(max(float(x), xs[0]), xs[-1])
-    return float(np.exp(np.interp(np.log(x), np.log(xs), np.log(ys))))
+    got = _curves.get(id(table))
+    if got is None or got[0] is not table or got[3] != len(table):
+        keys = sorted(table, key=float)
+        xs = np.log(np.array([float(k) for k in keys]))
+        ys = np.log(np.array([float(table[k]) for k in keys]))
+        got = _curves[id(table)] = (table, xs, ys, len(table))
+    _, xs, ys, _ = got
+    lx = np.log(max(float(x), 1e-300))
+    return float(np.exp(np.interp(lx, xs, ys)))
 
 
 @dataclass
@@ -51,12 +59,14 @@ class PerfModel:
     ``pack_bw[side][run] -> bytes/s`` for side in "host", "device" (ours) and "mpi"
     (MPI's own datatype engine, host); ``message[method][nbytes] -> seconds`` one-way
     for a contiguous message of that method; ``staging`` latency/bandwidth of a
-    pinned host<->device copy. Missing entries fall back to safe defaults.
+    pinned host<->device copy; ``overhead_s`` hpcore's fixed cost per pack or unpack
+    call [s]. Missing entries fall back to safe defaults.
     """
 
     pack_bw: dict = field(default_factory=dict)
     message: dict = field(default_factory=dict)
     staging: dict = field(default_factory=dict)
+    overhead_s: float = 5e-6
     source: str = "defaults"
 
     # ----------------------------------------------------------------- queries
@@ -92,15 +102,17 @@ class PerfModel:
             return wire
         if method == "mpi":
             return wire + 2 * self.pack_time(nbytes, run, "mpi")
+        fixed = 2 * self.overhead_s
         if method == "host_pack":
-            return wire + 2 * self.pack_time(nbytes, run, "host")
+            return wire + fixed + 2 * self.pack_time(nbytes, run, "host")
         if method == "device_pack":
-            return wire + 2 * self.pack_time(nbytes, run, "device")
-        return wire + 2 * (self.pack_time(nbytes, run, "device") + self.staging_time(nbytes))
+            return wire + fixed + 2 * self.pack_time(nbytes, run, "device")
+        return wire + fixed + 2 * (self.pack_time(nbytes, run, "device") + self.staging_time(nbytes))
 
     # ----------------------------------------------------------------- storage
     def to_json(self) -> dict:
-        return {"version": 1, "pack_bw": self.pack_bw, "message": self.message, "staging": self.staging}
+        return {"version": 1, "pack_bw": self.pack_bw, "message": self.message, "staging": self.staging,
+                "overhead_s": self.overhead_s}
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the model as JSON (atomically). Not collective: call on one rank."""
@@ -120,7 +132,8 @@ class PerfModel:
             return {k: {float(x): float(y) for x, y in v.items()} for k, v in d.items()}
 
         return cls(keyed(data.get("pack_bw", {})), keyed(data.get("message", {})),
-                   {k: float(v) for k, v in data.get("staging", {}).items()}, source)
+                   {k: float(v) for k, v in data.get("staging", {}).items()},
+                   float(data.get("overhead_s", cls.overhead_s)), source)
 
 
 def load(path: str | os.PathLike | None = None) -> PerfModel:
@@ -141,6 +154,9 @@ def load(path: str | os.PathLike | None = None) -> PerfModel:
 
 def mean_run(ctype) -> float:
     """Mean contiguous run length [bytes] of a canonical type (its size over its runs)."""
-    n = ctype.nblocks
-    return ctype.size / n if n else float(ctype.size or 1)
+    got = ctype._plans.get("mean_run")
+    if got is None:
+        n = ctype.nblocks
+        got = ctype._plans["mean_run"] = ctype.size / n if n else float(ctype.size or 1)
+    return got
 

@@ -107,3 +107,46 @@ def test_packed_nbytes_equals_pack_size():
                 assert hpcore.packed_nbytes(dt, count) == dt.Pack_size(count, MPI.COMM_SELF)
         finally:
             dt.Free()
+
+
+@pytest.mark.parametrize("engine", ["numpy", "mpi", "mpi_source"], ids=lambda e: f"engine_{e}")
+def test_every_host_engine_matches_mpi(engine, monkeypatch):
+    monkeypatch.setenv("HPCORE_HOST_ENGINE", engine)
+    for seed in range(40):
+        r = np.random.default_rng(500 + seed)
+        dt, desc = typezoo.random_datatype(r)
+        try:
+            count = int(r.integers(1, 4))
+            buf = r.integers(0, 256, typezoo.buffer_nbytes(dt, count) + 3, dtype=np.uint8)
+            ref = typezoo.mpi_pack(buf, dt, count)
+            np.testing.assert_array_equal(hpcore.pack(buf, dt, count), ref, err_msg=desc)
+            out, expect = np.zeros_like(buf), np.zeros_like(buf)
+            typezoo.mpi_unpack(ref, expect, dt, count)
+            hpcore.unpack(ref, out, dt, count)
+            np.testing.assert_array_equal(out, expect, err_msg=desc)
+            assert hpcore.plan(dt, count).host_engine == {"pack": engine, "unpack": engine}
+        finally:
+            dt.Free()
+
+
+def test_auto_engine_records_its_timings_and_survives_free(monkeypatch):
+    monkeypatch.delenv("HPCORE_HOST_ENGINE", raising=False)
+    t = MPI.DOUBLE.Create_indexed_block(2, [9, 0, 4, 20, 13]).Commit()
+    buf = np.arange(60.0)
+    ref1, ref2 = typezoo.mpi_pack(buf, t), typezoo.mpi_pack(buf, t, 2)
+    ctype = hpcore.canonicalize(t)
+    np.testing.assert_array_equal(hpcore.pack(buf, t), ref1)
+    assert set(hpcore.plan(t).host_state["pack_times_s"]) == {"numpy", "mpi", "mpi_source"}
+    t.Free()  # the canonical form (and hpcore's duplicate of the type) outlive the caller's handle
+    monkeypatch.setenv("HPCORE_HOST_ENGINE", "mpi_source")
+    np.testing.assert_array_equal(hpcore.pack(buf, ctype, 2), ref2)
+
+
+def test_bad_engine_setting(monkeypatch):
+    monkeypatch.setenv("HPCORE_HOST_ENGINE", "turbo")
+    t = MPI.INT.Create_vector(2, 1, 2).Commit()
+    try:
+        with pytest.raises(ValueError, match="HPCORE_HOST_ENGINE"):
+            hpcore.pack(np.zeros(4, np.int32), t, count=1)
+    finally:
+        t.Free()
