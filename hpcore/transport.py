@@ -259,27 +259,28 @@ class Comm:
 
         return [htmp, pl.nbytes, MPI.PACKED], lambda st: finish(htmp, st, staged_unpack, release)
 
-    def recv(self, buf, source: int = -2, tag: int = -1, *, datatype=None, count: int = 1, status=None,
+    def recv(self, buf, source: Optional[int] = None, tag: Optional[int] = None, *, datatype=None, count: int = 1, status=None,
              method: Optional[Method] = None) -> None:
         """Blocking receive into ``buf`` as ``count`` instances of ``datatype``.
 
-        Point-to-point. ``source``/``tag`` default to ``MPI.ANY_SOURCE``/``MPI.ANY_TAG``.
+        Point-to-point. ``source``/``tag`` None mean ``MPI.ANY_SOURCE``/``MPI.ANY_TAG``
+        (whose values differ between MPI libraries).
         Device buffers are complete (stream synchronized) when this returns.
         """
         req = self.irecv(buf, source, tag, datatype=datatype, count=count, method=method)
         req.wait(status)
 
-    def irecv(self, buf, source: int = -2, tag: int = -1, *, datatype=None, count: int = 1,
+    def irecv(self, buf, source: Optional[int] = None, tag: Optional[int] = None, *, datatype=None, count: int = 1,
               method: Optional[Method] = None) -> Request:
         """Non-blocking receive; ``buf`` holds the data after the request's ``wait()``."""
         from mpi4py import MPI
 
-        source = MPI.ANY_SOURCE if source == -2 else source
-        tag = MPI.ANY_TAG if tag == -1 else tag
+        source = MPI.ANY_SOURCE if source is None else source
+        tag = MPI.ANY_TAG if tag is None else tag
         spec, finish = self._prepare_recv(buf, datatype, count, method)
         return Request(self.mpi.Irecv(spec, source, tag), finish)
 
-    def sendrecv(self, sendbuf, dest: int, recvbuf, source: int, sendtag: int = 0, recvtag: int = -1, *,
+    def sendrecv(self, sendbuf, dest: int, recvbuf, source: int, sendtag: int = 0, recvtag: Optional[int] = None, *,
                  senddatatype=None, sendcount: int = 1, recvdatatype=None, recvcount: int = 1,
                  status=None) -> None:
         """Send to ``dest`` and receive from ``source`` at once (no deadlock). Point-to-point."""

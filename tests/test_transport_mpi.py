@@ -141,3 +141,16 @@ def test_agree_raises_the_same_error_everywhere():
     with pytest.raises(ValueError, match=r"rank 1/\d+: bad thing"):
         hpcore.agree(comm, err)
     hpcore.agree(comm, None)  # nobody failed: returns
+
+
+def test_wildcard_source_and_tag():
+    comm = _world()
+    c = hpcore.Comm(comm)
+    if comm.rank == 0:
+        c.send(np.full(3, 7.0), 1, 42)
+    elif comm.rank == 1:
+        out = np.zeros(3)
+        status = MPI.Status()
+        c.recv(out, status=status)  # ANY_SOURCE, ANY_TAG
+        assert status.Get_source() == 0 and status.Get_tag() == 42 and (out == 7.0).all()
+    comm.Barrier()
