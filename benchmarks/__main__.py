@@ -1,39 +1,51 @@
-"""Command line: ``python -m benchmarks {pack,pingpong} [options]`` (pingpong under ``mpiexec -n 2``)."""
+"""Command line: ``python -m benchmarks <command> [options]``.
+
+Each benchmark is a module of this package that defines ``COMMAND`` (the
+subcommand name), ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args, markdown=False) -> int``. MPI benchmarks say in ``HELP`` how many
+ranks they want (``mpiexec -n N python -m benchmarks <command>``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 
-__all__ = ["main"]
+__all__ = ["main", "commands"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    from . import pack_bench, pingpong
+def commands() -> dict:
+    """Subcommand name -> module, for every benchmark module of this package."""
+    found = {}
+    package = importlib.import_module(__package__ or "benchmarks")
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name in ("common", "__main__"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        name = getattr(module, "COMMAND", None)
+        if name is not None:
+            found[name] = module
+    return found
 
+
+def _parser(found: dict) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="hpcore benchmarks, each against its peer in the same run (medians and ratios).")
     parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    p = sub.add_parser("pack", help="pack/unpack throughput vs MPI_Pack and memcpy (serial)",
-                       description=pack_bench.__doc__)
-    pack_bench.add_arguments(p)
-    q = sub.add_parser("pingpong", help="ping-pong latency and bandwidth vs plain mpi4py (mpiexec -n 2)",
-                       description=pingpong.__doc__)
-    pingpong.add_arguments(q)
+    for name, module in found.items():
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(p)
     return parser
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "pack":
-        from . import pack_bench
-
-        return pack_bench.run(args, markdown=args.markdown)
-    from . import pingpong
-
-    return pingpong.run(args, markdown=args.markdown)
+    found = commands()
+    args = _parser(found).parse_args(argv)
+    return found[args.command].run(args, markdown=args.markdown)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ import numpy as np
 from .common import (BenchmarkError, Column, command_line, format_table, interleaved_samples, machine_lines,
                      median, ratio, write_json)
 
+COMMAND = "pack"
+HELP = "pack/unpack throughput vs MPI_Pack and memcpy (serial)"
+
 __all__ = ["Case", "build_cases", "host_pack_bench", "device_pack_bench", "strided_peer", "run", "add_arguments"]
 
 RUN_TARGET_NBYTES = 256

@@ -11,6 +11,9 @@ import numpy as np
 
 from .common import BenchmarkError, Column, command_line, format_table, machine_lines, median, ratio, write_json
 
+COMMAND = "pingpong"
+HELP = "ping-pong latency and bandwidth vs plain mpi4py (mpiexec -n 2)"
+
 __all__ = ["Variant", "message_sizes", "iterations", "run", "add_arguments"]
 
 TAG = 11
