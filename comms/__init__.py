@@ -1,3 +1,6 @@
 """comms: communication patterns on hpcore (decomposition, halo exchange, ring and hierarchical collectives)."""
 
-__all__: list = []
+from .decomposition import CartDecomposition
+from .halo import HaloExchange, HaloHandle, HaloMismatchError
+
+__all__ = ["CartDecomposition", "HaloExchange", "HaloHandle", "HaloMismatchError"]
