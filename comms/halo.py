@@ -71,6 +71,7 @@ class _DatatypePlan(_Plan):
         from mpi4py import MPI
 
         self.sig = sig
+        self.expected = np.full(len(halo.recvs), sig, dtype=np.int64).tobytes()
         self.hdr_send = np.full(len(halo.sends), sig, dtype=np.int64)
         self.hdr_recv = np.zeros(len(halo.recvs), dtype=np.int64)
         # The types hold the fields' addresses but not the fields: a later array at the
@@ -139,6 +140,7 @@ class _PackPlan(_Plan):
         from mpi4py import MPI
 
         self.sig = sig
+        self.expected = np.full(len(halo.recvs), sig, dtype=np.int64).tobytes()
         self.device = device
         self.contiguous = contiguous
         self.requests = []
@@ -317,7 +319,7 @@ class HaloHandle:
         self.done = True
         plan.active = False
         hdr = plan.receive()
-        if not bool((hdr == plan.sig).all()):
+        if hdr.tobytes() != plan.expected:
             bad = [(halo.recvs[j], int(h)) for j, h in enumerate(hdr) if h != plan.sig]
             (off, src, _), value = bad[0]
             others = f" (and {len(bad) - 1} more directions)" if len(bad) > 1 else ""
@@ -493,21 +495,24 @@ class HaloExchange:
         desc = repr((len(fields), [(f.dtype.str, tuple(f.shape[nd:])) for f in fields]))
         return bool(device), zlib.crc32(desc.encode()) & 0x7FFFFFFF
 
-    def _plan(self, fields, device: bool, sig: int) -> _Plan:
-        method = "pack" if device else self.method
-        contiguous = self.contiguous_messages
-        if contiguous is None:
-            contiguous = device and self.cuda_aware
-        if method == "datatype":
-            key = ("datatype", sig, tuple((f.ctypes.data, f.shape, f.dtype.str) for f in fields))
-        else:
-            dev_id = fields[0].device.id if device else -1
-            key = ("pack", sig, device, dev_id, contiguous, tuple((f.shape, f.dtype.str) for f in fields))
-        plan = self._plans.get(key)
-        if plan is not None:
-            self._plans.move_to_end(key)
-            return plan
-        if method == "datatype":
+    def _key(self, fields, device: bool):
+        """The plan cache key of ``fields``: everything the plan and the validity of the
+        fields depend on (shape, strides, dtype, writability; addresses for the
+        datatype method; the GPU for device fields). Cheap: computed on every call."""
+        if not device:
+            if self.method == "datatype":
+                return ("datatype",) + tuple((f.ctypes.data, f.shape, f.strides, f.dtype, f.flags.writeable)
+                                             for f in fields)
+            return ("pack", self.contiguous_messages is True) + tuple(
+                (f.shape, f.strides, f.dtype, f.flags.writeable) for f in fields)
+        cp = cupy_or_none()
+        contiguous = self.cuda_aware if self.contiguous_messages is None else self.contiguous_messages
+        return ("device", contiguous, cp.cuda.runtime.getDevice()) + tuple(
+            (f.shape, f.strides, f.dtype, f.device.id) for f in fields)
+
+    def _build(self, key, fields, device: bool, sig: int) -> _Plan:
+        contiguous = key[1] if key[0] != "datatype" else False
+        if key[0] == "datatype":
             plan = _DatatypePlan(self, fields, sig)
         else:
             plan = _PackPlan(self, fields, sig, device, contiguous)
@@ -527,14 +532,21 @@ class HaloExchange:
         round with a poison signature, and its neighbours raise
         :class:`HaloMismatchError` from ``wait``.
         """
-        try:
-            device, sig = self._check(fields)
-            plan = self._plan(fields, device, sig)
-            if plan.active:
-                raise ValueError("start: an exchange of these fields is already in flight; wait() for it first")
-        except (TypeError, ValueError) as exc:
-            self._poison_round()
-            raise type(exc)(self._prefix() + str(exc)) from None
+        plan = None
+        if fields and all(type(f) is np.ndarray for f in fields):  # hot path: a plan built before
+            plan = self._plans.get(self._key(fields, False))
+        if plan is None or plan.active:
+            try:
+                device, sig = self._check(fields)
+                key = self._key(fields, device)
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = self._build(key, fields, device, sig)
+                elif plan.active:
+                    raise ValueError("start: an exchange of these fields is already in flight; wait() for it first")
+            except (TypeError, ValueError) as exc:
+                self._poison_round()
+                raise type(exc)(self._prefix() + str(exc)) from None
         plan.active = True
         plan.start(fields)
         return HaloHandle(self, plan, fields)
