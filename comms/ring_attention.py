@@ -11,7 +11,7 @@ import numpy as np
 from hpcore.arrays import array_module, is_device_array
 from hpcore.errors import agree
 
-from .ring import RingMismatchError, _context, _dtype_code, _make_link, _split_comm
+from .ring import RingMismatchError, _context, _dtype_code, _dtype_name, _make_link, _split_comm
 
 __all__ = [
     "RingAttention",
@@ -197,18 +197,25 @@ class RingAttention:
         self.causal = bool(causal)
         self.scale = None if scale is None else float(scale)
         self.layout = layout
+        # without a mask positions do not matter: one segment per rank gives the largest tiles
+        self._layout_used = layout if self.causal else "contiguous"
         self.block_size = None if block_size is None else int(block_size)
         self.rank, self.size = self._mpi.Get_rank(), self._mpi.Get_size()
         self.stats: dict = {"score_tile_shape": (0, 0), "score_tile_elements": 0}
         self._saved = None
+        self._buffers: dict = {}
 
     # ------------------------------------------------------------------ checks
-    def _agree(self, error, values: list, what: str) -> None:
-        """One small allreduce: any local error, or differing ``values``, raises on every rank."""
+    def _agree(self, error, fields: dict, what: str) -> None:
+        """One small allreduce: any local error, or ``fields`` (name -> int) that differ
+        between ranks, raise the same error on every rank. Collective.
+
+        ``fields`` has the same names on every rank; a rank with an error passes zeros.
+        """
         from mpi4py import MPI
 
         comm = self._ctx.comm
-        vals = [0 if error is None else 1] + ([0] * len(values) if error is not None else list(values))
+        vals = [0 if error is None else 1] + [int(v) for v in fields.values()]
         mine = np.array(vals + [-v for v in vals[1:]], dtype=np.int64)
         if error is not None:
             mine[1:] = np.iinfo(np.int64).min
@@ -216,12 +223,15 @@ class RingAttention:
         comm.Allreduce(mine, agreed, op=MPI.MAX)
         if agreed[0]:
             agree(comm, error)
-        m = len(values)
+        m = len(fields)
         if (agreed[1:1 + m] != -agreed[1 + m:]).any():
-            shapes = comm.allgather(tuple(values))
-            raise RingMismatchError(f"RingAttention.{what}: ranks disagree on shapes or dtype "
-                                    f"({'; '.join(f'rank {r}: {s}' for r, s in enumerate(shapes))}); every rank "
-                                    "must hold the same (*batch, L_local, d) and dtype")
+            table = comm.allgather(fields)
+            differ = [name for name in fields if len({t[name] for t in table}) > 1]
+            shown = {"dtype": _dtype_name}
+            rows = "; ".join(f"rank {r}: " + ", ".join(f"{n}={shown.get(n, int)(t[n])}" for n in differ)
+                             for r, t in enumerate(table))
+            raise RingMismatchError(f"RingAttention.{what}: ranks disagree on {', '.join(differ)} ({rows}); every "
+                                    "rank must pass the same (*batch, L_local, d) shapes, dtype and memory kind")
 
     def _check_qkv(self, q, k, v):
         for name, a in (("q", q), ("k", k), ("v", v)):
@@ -253,17 +263,24 @@ class RingAttention:
             self.stats["score_tile_elements"] = batch * tq * tk
             self.stats["score_tile_shape"] = (tq, tk)
 
-    def _mask(self, xp, qg: int, tq: int, kg: int, tk: int, dtype):
-        """None (all visible), False (all masked) or an additive ``(tq, tk)`` bias of 0 / -inf."""
+    def _mask(self, xp, qg: int, tq: int, kg: int, tk: int):
+        """None (all visible), False (all masked) or a boolean ``(tq, tk)`` mask, True where masked."""
         if not self.causal:
             return None
         if kg > qg + tq - 1:
             return False
         if kg + tk - 1 <= qg:
             return None
-        qpos = xp.arange(qg, qg + tq)[:, None]
-        kpos = xp.arange(kg, kg + tk)[None, :]
-        return xp.where(kpos > qpos, -xp.inf, 0.0).astype(dtype)
+        return xp.arange(kg, kg + tk)[None, :] > xp.arange(qg, qg + tq)[:, None]
+
+    def _scratch(self, xp, name: str, shape: tuple, dtype):
+        """A reused score-tile buffer (one per name; reallocated only when the tile shape changes)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or array_module(buf) is not xp:
+            self._buffers.pop(name, None)
+            buf = None  # release the old tile before allocating the new one
+            buf = self._buffers[name] = xp.empty(shape, dtype=dtype)
+        return buf
 
     @staticmethod
     def _sync(xp) -> None:
@@ -292,10 +309,11 @@ class RingAttention:
             self._check_qkv(q, k, v)
         except Exception as exc:  # noqa: BLE001 - raised on every rank by _agree
             error = exc
-        values = [] if error is not None else [
+        names = ("L_local", "d", "dv", "ndim", "dtype", "batch_shape_crc32", "device")
+        fields = dict.fromkeys(names, 0) if error is not None else dict(zip(names, (
             q.shape[-2], q.shape[-1], v.shape[-1], q.ndim, _dtype_code(q.dtype),
-            zlib.crc32(repr(tuple(q.shape[:-2])).encode()), int(is_device_array(q))]
-        self._agree(error, values, "forward")
+            zlib.crc32(repr(tuple(q.shape[:-2])).encode()), int(is_device_array(q)))))
+        self._agree(error, fields, "forward")
 
         xp = array_module(q)
         rank, size = self.rank, self.size
@@ -314,7 +332,7 @@ class RingAttention:
         m = xp.full(batch_shape + (L,), -xp.inf, dtype=dtype)
         lsum = xp.zeros(batch_shape + (L,), dtype=dtype)
         acc = xp.zeros(batch_shape + (L, dv), dtype=dtype)
-        q_tiles = _tiles(_segments(rank, size, L, self.layout), self.block_size)
+        q_tiles = _tiles(_segments(rank, size, L, self._layout_used), self.block_size)
         link, = self._links(is_device_array(q), 1)
         pairs = skipped = 0
         sent = 0
@@ -327,17 +345,18 @@ class RingAttention:
                 sent += cur.nbytes
             kb = cur[:nk].reshape(k.shape)
             vb = cur[nk:].reshape(v.shape)
-            k_tiles = _tiles(_segments(s, size, L, self.layout), self.block_size)
+            k_tiles = _tiles(_segments(s, size, L, self._layout_used), self.block_size)
             for qlo, qhi, qg in q_tiles:
                 for klo, khi, kg in k_tiles:
-                    bias = self._mask(xp, qg, qhi - qlo, kg, khi - klo, dtype)
-                    if bias is False:
+                    mask = self._mask(xp, qg, qhi - qlo, kg, khi - klo)
+                    if mask is False:
                         skipped += 1
                         continue
                     pairs += 1
                     self._record(batch, qhi - qlo, khi - klo)
-                    self._forward_tile(xp, qs[..., qlo:qhi, :], kb[..., klo:khi, :], vb[..., klo:khi, :], bias,
-                                       m[..., qlo:qhi], lsum[..., qlo:qhi], acc[..., qlo:qhi, :])
+                    sbuf = self._scratch(xp, "s", batch_shape + (qhi - qlo, khi - klo), dtype)
+                    self._forward_tile(xp, qs[..., qlo:qhi, :], kb[..., klo:khi, :], vb[..., klo:khi, :], mask,
+                                       m[..., qlo:qhi], lsum[..., qlo:qhi], acc[..., qlo:qhi, :], sbuf)
                     self._poke(reqs)
             for r in reqs:
                 r.Wait()
@@ -346,15 +365,19 @@ class RingAttention:
         out = acc / lsum[..., None]
         lse = m + xp.log(lsum)
         self._saved = (q, k, v, qs, out, lse, scale)
+        self._buffers.clear()
         self.stats.update(tile_pairs=pairs, skipped=skipped, sent_nbytes=sent)
         return out
 
     @staticmethod
-    def _forward_tile(xp, qt, kt, vt, bias, m, lsum, acc) -> None:
-        """Fold one key tile into the running max ``m``, denominator ``lsum`` and ``acc`` (in place)."""
-        s = xp.matmul(qt, xp.swapaxes(kt, -1, -2))
-        if bias is not None:
-            s += bias
+    def _forward_tile(xp, qt, kt, vt, mask, m, lsum, acc, s) -> None:
+        """Fold one key tile into the running max ``m``, denominator ``lsum`` and ``acc`` (in place).
+
+        ``s``: scratch ``(*batch, tq, tk)`` for the scores, then the probabilities.
+        """
+        xp.matmul(qt, xp.swapaxes(kt, -1, -2), out=s)
+        if mask is not None:
+            xp.copyto(s, -xp.inf, where=mask)
         m_new = xp.maximum(m, s.max(axis=-1))
         m_safe = xp.where(m_new == -xp.inf, 0.0, m_new).astype(s.dtype, copy=False)
         s -= m_safe[..., None]
@@ -387,7 +410,7 @@ class RingAttention:
                                  f"got {dout.shape} {dout.dtype}")
         except Exception as exc:  # noqa: BLE001 - raised on every rank by _agree
             error = exc
-        self._agree(error, [] if error is not None else [int(dout.size)], "backward")
+        self._agree(error, {"dout_size": 0 if error is not None else int(dout.size)}, "backward")
 
         q, k, v, qs, out, lse, scale = self._saved
         xp = array_module(q)
@@ -404,7 +427,7 @@ class RingAttention:
         cur[nk:] = v.reshape(-1)
         nxt = xp.empty_like(cur) if size > 1 else None
         grads = [xp.empty(nk + nv, dtype=dtype) for _ in range(3 if size > 1 else 1)]  # part, incoming, in flight
-        q_tiles = _tiles(_segments(rank, size, L, self.layout), self.block_size)
+        q_tiles = _tiles(_segments(rank, size, L, self._layout_used), self.block_size)
         kv_link, dkv_link = self._links(is_device_array(q), 2)
         pairs = skipped = sent = 0
         grad_send = None
@@ -425,18 +448,20 @@ class RingAttention:
             vb = cur[nk:].reshape(v.shape)
             dkb = part[:nk].reshape(k.shape)
             dvb = part[nk:].reshape(v.shape)
-            k_tiles = _tiles(_segments(s, size, L, self.layout), self.block_size)
+            k_tiles = _tiles(_segments(s, size, L, self._layout_used), self.block_size)
             for qlo, qhi, qg in q_tiles:
                 for klo, khi, kg in k_tiles:
-                    bias = self._mask(xp, qg, qhi - qlo, kg, khi - klo, dtype)
-                    if bias is False:
+                    mask = self._mask(xp, qg, qhi - qlo, kg, khi - klo)
+                    if mask is False:
                         skipped += 1
                         continue
                     pairs += 1
                     self._record(batch, qhi - qlo, khi - klo)
+                    shape = q.shape[:-2] + (qhi - qlo, khi - klo)
                     self._backward_tile(xp, qs[..., qlo:qhi, :], kb[..., klo:khi, :], vb[..., klo:khi, :],
-                                        dout[..., qlo:qhi, :], lse[..., qlo:qhi], delta[..., qlo:qhi], bias, scale,
-                                        dq[..., qlo:qhi, :], dkb[..., klo:khi, :], dvb[..., klo:khi, :])
+                                        dout[..., qlo:qhi, :], lse[..., qlo:qhi], delta[..., qlo:qhi], mask, scale,
+                                        dq[..., qlo:qhi, :], dkb[..., klo:khi, :], dvb[..., klo:khi, :],
+                                        self._scratch(xp, "s", shape, dtype), self._scratch(xp, "ds", shape, dtype))
                     self._poke(reqs + [grad_send])
             if incoming is not None:
                 incoming.Wait()
@@ -459,21 +484,25 @@ class RingAttention:
             grad_send.Wait()
         else:
             final = grads[0]
+        self._buffers.clear()
         self.stats.update(tile_pairs=pairs, skipped=skipped, sent_nbytes=sent)
         dk = final[:nk].reshape(k.shape).copy()
         dv_ = final[nk:].reshape(v.shape).copy()
         return dq, dk, dv_
 
     @staticmethod
-    def _backward_tile(xp, qt, kt, vt, dot, lse, delta, bias, scale, dq, dk, dv) -> None:
-        """FlashAttention-2 backward on one tile pair, accumulating into ``dq, dk, dv`` (in place)."""
-        p = xp.matmul(qt, xp.swapaxes(kt, -1, -2))
-        if bias is not None:
-            p += bias
+    def _backward_tile(xp, qt, kt, vt, dot, lse, delta, mask, scale, dq, dk, dv, p, ds) -> None:
+        """FlashAttention-2 backward on one tile pair, accumulating into ``dq, dk, dv`` (in place).
+
+        ``p``, ``ds``: scratch ``(*batch, tq, tk)`` tiles.
+        """
+        xp.matmul(qt, xp.swapaxes(kt, -1, -2), out=p)
         p -= lse[..., None]
+        if mask is not None:
+            xp.copyto(p, -xp.inf, where=mask)
         xp.exp(p, out=p)
         dv += xp.matmul(xp.swapaxes(p, -1, -2), dot)
-        ds = xp.matmul(dot, xp.swapaxes(vt, -1, -2))
+        xp.matmul(dot, xp.swapaxes(vt, -1, -2), out=ds)
         ds -= delta[..., None]
         ds *= p
         dq += xp.matmul(ds, kt) * scale
