@@ -91,7 +91,7 @@ def ensure_installed(timeout_s: float = 600) -> str | None:
                                   timeout=max(deadline - time.monotonic(), 1))
             if proc.returncode == 0:
                 break
-            if attempt == 0 and "Unable to locate package" in proc.stderr + proc.stdout:
+            if attempt == 0:  # stale or missing package lists (a fresh machine): update once, retry
                 subprocess.run([apt, "-o", "DPkg::Lock::Timeout=300", "update", "-q"], env=env,
                                capture_output=True, timeout=max(deadline - time.monotonic(), 1))
                 continue

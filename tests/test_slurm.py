@@ -284,6 +284,13 @@ def test_setup_lines_and_empty_setup(tmp_path):
     assert "set -euo pipefail\n\nexport OMP_NUM_THREADS" in without
 
 
+def test_slurm_readme_documents_every_variable_and_template():
+    text = (REPO / "slurm" / "README.md").read_text()
+    missing = [name for name in hs.VARIABLES if f"`{name}`" not in text]
+    assert not missing, f"slurm/README.md does not document {missing}"
+    assert all(f"| `{name}` |" in text for name in TEMPLATES)
+
+
 def test_importing_the_renderer_is_light():
     code = ("import sys, hpcore.slurm; bad = [m for m in sys.modules if m == 'mpi4py.MPI' or "
             "m.split('.')[0] in ('comms', 'solvers')]; print(bad); sys.exit(1 if bad else 0)")
