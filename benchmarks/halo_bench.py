@@ -10,6 +10,9 @@ all ranks) per second of the slowest rank. Peers in the same launch:
 * PETSc ``DMDA.localToLocal`` (ghost update between local vectors), shown as well.
 * plain mpi4py: one subarray datatype per neighbour and field, one ``Sendrecv``
   per direction.
+* our per-direction struct datatypes through one ``MPI_Neighbor_alltoallw`` on a
+  distributed-graph communicator (the neighbourhood-collective alternative to our
+  persistent requests).
 
 Also prints the inter-node halo bytes of node-block placement vs row-major
 placement for a few virtual node sizes (pure geometry, no timing).
@@ -107,6 +110,34 @@ class MpiSubarray:
     def free(self) -> None:
         for t in self.types:
             t.Free()
+
+
+class NeighborAlltoallw:
+    """Our struct datatypes (one per direction, all fields) through one MPI_Neighbor_alltoallw
+    on a distributed-graph communicator: the neighbourhood-collective alternative to
+    persistent point-to-point requests."""
+
+    def __init__(self, halo, fields):
+        from mpi4py import MPI
+
+        from comms.halo import _DatatypePlan
+
+        d = halo.decomposition
+        sig = 12345
+        self.plan = _DatatypePlan(halo, fields, sig)
+        ns = len(halo.sends)
+        self.graph = d.comm.Create_dist_graph_adjacent([src for _, src, _ in halo.recvs],
+                                                       [dest for _, dest, _ in halo.sends], reorder=False)
+        st, rt = self.plan.types[:ns], self.plan.types[ns:]
+        self.send = [MPI.BOTTOM, [1] * len(st), [0] * len(st), st]
+        self.recv = [MPI.BOTTOM, [1] * len(rt), [0] * len(rt), rt]
+
+    def __call__(self) -> None:
+        self.graph.Neighbor_alltoallw(self.send, self.recv)
+
+    def free(self) -> None:
+        self.plan.free()
+        self.graph.Free()
 
 
 def _petsc():
@@ -218,6 +249,17 @@ def _case(world, PETSc, n: int, g: int, stencil: str, nfields: int, args, xp=np,
                     _verify(f, d, g, k, stencil, "mpi4py Sendrecv")
                 ops["mpi4py"] = naive
                 peers.append(naive)
+                nbr_fields = []
+                for k in range(nfields):
+                    f = np.empty(h.full_shape)
+                    _fill(f, d, g, k)
+                    nbr_fields.append(f)
+                nbr = NeighborAlltoallw(h, nbr_fields)
+                nbr()
+                for k, f in enumerate(nbr_fields):
+                    _verify(f, d, g, k, stencil, "Neighbor_alltoallw")
+                ops["neighbor"] = nbr
+                peers.append(nbr)
                 if PETSc is not None:
                     da = PetscDMDA(PETSc, d.comm, shape, dims, g, stencil, nfields)
                     ops["petsc_g2l"] = da.global_to_local
@@ -243,7 +285,8 @@ def _rows(results):
                      s["hpcore"] * 1e6, gbs["hpcore"],
                      s.get("petsc_g2l", float("nan")) * 1e6, ratio(s.get("petsc_g2l"), s["hpcore"]),
                      s.get("petsc_l2l", float("nan")) * 1e6, ratio(s.get("petsc_l2l"), s["hpcore"]),
-                     s.get("mpi4py", float("nan")) * 1e6, ratio(s.get("mpi4py"), s["hpcore"])])
+                     s.get("mpi4py", float("nan")) * 1e6, ratio(s.get("mpi4py"), s["hpcore"]),
+                     s.get("neighbor", float("nan")) * 1e6, ratio(s.get("neighbor"), s["hpcore"])])
     return rows
 
 
@@ -251,7 +294,7 @@ COLUMNS = [Column("n^3/rank", "d"), Column("g", "d"), Column("stencil", left=Tru
            Column("method", left=True), Column("ghost MiB", ".2f"), Column("hpcore us", ".0f"),
            Column("hpcore GB/s", ".2f"), Column("DMDA g2l us", ".0f"), Column("vs g2l", ".2f"),
            Column("DMDA l2l us", ".0f"), Column("vs l2l", ".2f"), Column("Sendrecv us", ".0f"),
-           Column("vs Sendrecv", ".2f")]
+           Column("vs Sendrecv", ".2f"), Column("nbr-a2aw us", ".0f"), Column("vs nbr", ".2f")]
 
 
 PLACEMENT_CASES = [  # (process grid, ranks per node, periodic)
