@@ -154,16 +154,18 @@ class SlurmCluster:
     Parameters
     ----------
     root : path
-        An empty directory, private to the caller (munge refuses world-writable parents).
+        An empty directory for configuration, state, spool and logs (the munge
+        socket goes to a directory of its own in /tmp, removed by :meth:`stop`).
     num_nodes : int
         slurmd daemons, one per emulated node ``n1``, ``n2``, ... on distinct ports.
     cpus_per_node : int
         CPUs each node advertises (``SlurmdParameters=config_overrides`` lets this
         exceed the real cores).
     gpus_per_node : int
-        Emulated GPUs per node (``Gres=gpu:G`` over plain files, so that
-        ``--gpus-per-task`` and ``--gpu-bind`` allocate and set
-        ``CUDA_VISIBLE_DEVICES``; there is no device behind them).
+        Emulated GPUs per node (``Gres=gpu:G`` over character devices made with
+        mknod, so that ``--gpus-per-task`` and ``--gpu-bind`` allocate and set
+        ``CUDA_VISIBLE_DEVICES``; there is no GPU behind them). Set to 0, with the
+        reason in ``gpu_note``, where mknod is not permitted.
     """
 
     def __init__(self, root, num_nodes: int = 2, cpus_per_node: int = 4, gpus_per_node: int = 2):
@@ -179,6 +181,7 @@ class SlurmCluster:
         self._procs: dict[str, subprocess.Popen] = {}
         self.bin_dir = os.path.dirname(sys.executable)
         self.started_s: float | None = None
+        self.gpu_note = ""
 
     # ------------------------------------------------------------------ environment
 
@@ -215,9 +218,16 @@ class SlurmCluster:
                 for g in range(self.gpus_per_node):
                     f = self.root / "dev" / f"{name}-gpu{g}"
                     if not f.exists():  # a character device like /dev/null: gres/gpu accepts nothing else
-                        os.mknod(f, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+                        try:
+                            os.mknod(f, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+                        except OSError as exc:
+                            self.gpu_note = f"no emulated GPUs: mknod {f} failed ({exc})"
+                            self.gpus_per_node = 0
+                            gres_lines = []
+                            break
                     files.append(str(f))
-                gres_lines.append(f"NodeName={name} Name=gpu Type=emulated File={','.join(files)}")
+                if self.gpus_per_node:
+                    gres_lines.append(f"NodeName={name} Name=gpu Type=emulated File={','.join(files)}")
         (self.root / "etc" / "gres.conf").write_text("AutoDetect=off\n" + "\n".join(gres_lines) + "\n")
         (self.root / "etc" / "plugstack.conf").write_text("")
         plugin_dir = next((d for d in PLUGIN_DIRS if os.path.isdir(d)), None)
@@ -297,8 +307,24 @@ class SlurmCluster:
             f"{_tail(log)}\n{_tail(self.logs / (name + '.log'))}"
         )
 
-    def start(self, timeout_s: float = 60) -> None:
-        """Write the configuration and start munged, slurmctld and the slurmd daemons; wait until idle."""
+    def start(self, timeout_s: float = 60, attempts: int = 2) -> None:
+        """Write the configuration and start munged, slurmctld and the slurmd daemons; wait until idle.
+
+        The ports are picked free just before; should another process take one first,
+        the daemons are stopped and started again on new ports (`attempts` in all).
+        """
+        t0 = time.monotonic()
+        for attempt in range(attempts):
+            try:
+                self._start_once(timeout_s)
+                break
+            except SlurmError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+        self.started_s = time.monotonic() - t0
+
+    def _start_once(self, timeout_s: float) -> None:
         t0 = time.monotonic()
         # munged wants every directory above its socket searchable by all (pytest's are 0700) and
         # the path short (sockets: 108 bytes), so the socket lives in its own directory in /tmp.
@@ -319,13 +345,13 @@ class SlurmCluster:
             self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)], self._controller_up, timeout_s)
             for name in self.node_names:
                 pidfile = self.root / "run" / f"slurmd-{name}.pid"
+                pidfile.unlink(missing_ok=True)  # a stale one from an earlier attempt would read as ready
                 self._spawn(f"slurmd-{name}", ["slurmd", "-D", "-f", str(self.conf), "-N", name],
                             pidfile.exists, timeout_s)
             self.wait_idle(timeout_s=max(timeout_s - (time.monotonic() - t0), 5))
         except BaseException:
             self.stop()
             raise
-        self.started_s = time.monotonic() - t0
 
     def _controller_up(self) -> bool:
         return self.command(["scontrol", "ping"], check=False, timeout_s=10).returncode == 0

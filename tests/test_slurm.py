@@ -419,6 +419,8 @@ def test_plain_srun_runs_every_rank_alone_and_is_caught(cluster, tmp_path, expec
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("gpu_bind, cuda_aware", [("closest", "auto"), ("per_task:1", "0")])
 def test_gpu_job_one_rank_per_gpu(cluster, tmp_path, gpu_bind, cuda_aware):
+    if cluster.gpus_per_node < 2:
+        pytest.skip(cluster.gpu_note or "the test cluster has no emulated GPUs")
     stack, _ = hs.detect_mpi()
     values = {"NODES": 2, "TASKS_PER_NODE": 2, "GPUS_PER_TASK": 1, "GPU_BIND": gpu_bind, "CUDA_AWARE": cuda_aware}
     results, logs = _submit(cluster, "gpu", tmp_path, values)
