@@ -66,7 +66,7 @@ class Variable:
 
     ``kind`` is ``"int"`` (with ``minimum``), ``"choice"`` (one of ``choices``),
     ``"path"`` (an absolute path without spaces or shell characters), ``"name"``,
-    ``"time"``, ``"array"``, ``"text"`` (a shell fragment, used as written) or
+    ``"time"``, ``"array"``, ``"token"`` (one word), ``"text"`` (a shell fragment, used as written) or
     ``"derived"`` (computed by the renderer; some derived ones may be overridden).
     """
 
@@ -93,7 +93,7 @@ VARIABLES: dict[str, Variable] = dict([
        flag="--cpus-per-task"),
     _v("GPUS_PER_TASK", "GPUs per rank (#SBATCH --gpus-per-task)", "int", "1", 0, flag="--gpus-per-task"),
     _v("GPU_BIND", "#SBATCH --gpu-bind: 'closest' (each rank sees the GPUs near its cores; hpcore binds by "
-       "local rank), 'per_task:1' or 'single:1' (exactly one GPU per rank), 'map_gpu:0,1,...'", "text", "closest"),
+       "local rank), 'per_task:1' or 'single:1' (exactly one GPU per rank), 'map_gpu:0,1,...'", "token", "closest"),
     _v("CUDA_AWARE", "'auto' (hpcore asks the MPI library), '1' (force on), '0' (stage device buffers through "
        "pinned host memory: HPCORE_CUDA_AWARE=0)", "choice", "auto", choices=("auto", "1", "0")),
     _v("LAUNCHER", "how ranks start: auto (from the MPI mpi4py reports), pmi2 (srun --mpi=pmi2: MPICH, MVAPICH2), "
@@ -364,6 +364,11 @@ def _check_value(var: Variable, value, template: Template) -> str:
         if not _TIME.match(text):
             raise ValueError(f"{label} must be minutes or [D-]HH:MM:SS, got {str(value)!r}")
         return text
+    if var.kind == "token":
+        if not re.fullmatch(r"[A-Za-z0-9_:,.+=-]+", text):
+            raise ValueError(f"{label} must be one word without spaces or quotes (e.g. closest, per_task:1), "
+                             f"got {str(value)!r}")
+        return text
     if var.kind == "array":
         if not _ARRAY.match(text):
             raise ValueError(f"{label} must be job array indices such as '0-15', '1,3,5' or '0-99%10', "
@@ -371,6 +376,9 @@ def _check_value(var: Variable, value, template: Template) -> str:
         return text
     if "\n" in text and var.name != "SETUP":
         raise ValueError(f"{label} must be one line, got {str(value)!r}")
+    if var.name == "LAUNCH" and re.search(r'["`\\]', text):
+        raise ValueError(f"{label} goes between double quotes in the script and may not hold \", ` or \\, "
+                         f"got {str(value)!r}")
     return text
 
 

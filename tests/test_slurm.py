@@ -177,6 +177,8 @@ def test_auto_detects_the_mpi_of_mpi4py():
         ("gpu", _values(CUDA_AWARE="maybe"), r"CUDA_AWARE must be one of auto, 1, 0, got 'maybe'"),
         ("cpu", _values(ARRAY="0-3"), r"template 'cpu' does not use ARRAY"),
         ("cpu", _values(PYTHON="python\nrm -rf /"), r"PYTHON must be one line"),
+        ("gpu", _values(GPU_BIND="map_gpu:0 1"), r"GPU_BIND must be one word without spaces .* got 'map_gpu:0 1'"),
+        ("cpu", _values(LAUNCH='srun --mpi="pmi2"'), r"LAUNCH goes between double quotes .* may not hold"),
     ],
     ids=lambda v: v if isinstance(v, str) and len(v) < 12 else None,
 )
