@@ -17,7 +17,7 @@ setup(
         "mpich": ["mpich>=4.2"],
         "gpu": ["cupy-cuda12x>=13"],
         "petsc": ["petsc4py>=3.20"],
-        "test": ["pytest>=7", "pytest-mpi>=0.6", "pytest-timeout>=2.1"],
+        "test": ["pytest>=7", "pytest-mpi>=0.6", "pytest-timeout>=2.1", "matplotlib>=3.6"],
         "plot": ["matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["hpcore-measure=hpcore.measure:main"]},

@@ -134,45 +134,59 @@ def main(argv=None) -> int:
     elapsed = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
     result = decomp.gather(u, root=0, ghost=1)
     status = 0
+    failure = None
     if comm.rank == 0:
-        result = result.get() if hasattr(result, "get") else result
-        cells = n ** 3 * args.steps
-        print(f"heat3d: {elapsed:.3f} s, {cells / elapsed / 1e6:.1f} M cell-updates/s", flush=True)
-        if args.check:
-            Xg, Yg, Zg = np.meshgrid(x, x, x, indexing="ij")
-            u0, _ = initial(Xg, Yg, Zg, args.periodic)
-            ref = serial_solve(u0, r, args.steps, args.periodic)
-            diff = float(np.max(np.abs(result - ref)))
-            # discrete decay factor of the mode per step: 1 - r * sum(4 sin^2(k h / 2))
-            k = 2 * np.pi if args.periodic else np.pi
-            g = 1 - r * 3 * 4 * np.sin(k * h / 2) ** 2
-            exact = u0 * g ** args.steps
-            err = float(np.max(np.abs(result - exact)) / np.max(np.abs(exact)))
-            cont = u0 * np.exp(-args.alpha * lam * args.steps * dt)
-            err_cont = float(np.max(np.abs(result - cont)) / np.max(np.abs(cont)))
-            ok = diff == 0.0 and err < 1e-10
-            print(f"check: max |parallel - serial| = {diff:.3e} (expected 0: same arithmetic); "
-                  f"relative error vs discrete mode decay {err:.2e}, vs continuous decay {err_cont:.2e}: "
-                  f"{'PASS' if ok else 'FAIL'}", flush=True)
-            status = 0 if ok else 1
-        if args.png:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(5, 4))
-            im = ax.imshow(result[:, :, n // 2].T, origin="lower", extent=(0, 1, 0, 1), cmap="inferno")
-            fig.colorbar(im, ax=ax, label="u")
-            ax.set_title(f"heat3d: z mid-plane after {args.steps} steps")
-            ax.set_xlabel("x")
-            ax.set_ylabel("y")
-            fig.tight_layout()
-            fig.savefig(args.png, dpi=100)
-            print(f"wrote {args.png}", flush=True)
-    status = comm.bcast(status, root=0)
+        try:
+            status = _report(args, result, elapsed, x, h, r, dt, lam)
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below, never a hang
+            failure = f"{type(exc).__name__}: {exc}"
+    status, failure = comm.bcast((status, failure), root=0)
     halo.free()
     decomp.free()
+    if failure is not None:
+        raise RuntimeError(f"heat3d: rank 0 failed while checking or plotting: {failure}")
+    return status
+
+
+def _report(args, result, elapsed: float, x, h: float, r: float, dt: float, lam: float) -> int:
+    """Rank 0: throughput line, the serial/analytic check, the PNG. Returns the exit status."""
+    n = args.n
+    status = 0
+    result = result.get() if hasattr(result, "get") else result
+    cells = n ** 3 * args.steps
+    print(f"heat3d: {elapsed:.3f} s, {cells / elapsed / 1e6:.1f} M cell-updates/s", flush=True)
+    if args.check:
+        Xg, Yg, Zg = np.meshgrid(x, x, x, indexing="ij")
+        u0, _ = initial(Xg, Yg, Zg, args.periodic)
+        ref = serial_solve(u0, r, args.steps, args.periodic)
+        diff = float(np.max(np.abs(result - ref)))
+        # discrete decay factor of the mode per step: 1 - r * sum(4 sin^2(k h / 2))
+        k = 2 * np.pi if args.periodic else np.pi
+        g = 1 - r * 3 * 4 * np.sin(k * h / 2) ** 2
+        exact = u0 * g ** args.steps
+        err = float(np.max(np.abs(result - exact)) / np.max(np.abs(exact)))
+        cont = u0 * np.exp(-args.alpha * lam * args.steps * dt)
+        err_cont = float(np.max(np.abs(result - cont)) / np.max(np.abs(cont)))
+        ok = diff == 0.0 and err < 1e-10
+        print(f"check: max |parallel - serial| = {diff:.3e} (expected 0: same arithmetic); "
+              f"relative error vs discrete mode decay {err:.2e}, vs continuous decay {err_cont:.2e}: "
+              f"{'PASS' if ok else 'FAIL'}", flush=True)
+        status = 0 if ok else 1
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 4))
+        im = ax.imshow(result[:, :, n // 2].T, origin="lower", extent=(0, 1, 0, 1), cmap="inferno")
+        fig.colorbar(im, ax=ax, label="u")
+        ax.set_title(f"heat3d: z mid-plane after {args.steps} steps")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=100)
+        print(f"wrote {args.png}", flush=True)
     return status
 
 
