@@ -398,10 +398,15 @@ class HaloExchange:
         tag_of = {off: _tag(off) for off in self.directions}
         # A message travelling in direction `off` goes to neighbor(off); this rank
         # receives the one travelling in `off` from neighbor(-off).
+        # Directions whose neighbour is this rank itself (periodic axes with one process)
+        # are plain copies inside each field, made while the messages travel.
+        me = d.rank
+        self.self_copies = [(self._slices(tuple(-o for o in off), "recv"), self._slices(off, "send"))
+                            for off in self.directions if d.neighbor(off) == me]
         self.sends = [(off, d.neighbor(off), tag_of[off]) for off in self.directions
-                      if d.neighbor(off) is not None]
+                      if d.neighbor(off) not in (None, me)]
         self.recvs = [(off, d.neighbor(tuple(-o for o in off)), tag_of[off]) for off in self.directions
-                      if d.neighbor(tuple(-o for o in off)) is not None]
+                      if d.neighbor(tuple(-o for o in off)) not in (None, me)]
         self._region_cache: dict = {}
         self._plans: OrderedDict = OrderedDict()
         self._staging = None
@@ -549,6 +554,9 @@ class HaloExchange:
                 raise type(exc)(self._prefix() + str(exc)) from None
         plan.active = True
         plan.start(fields)
+        for f in fields:
+            for dst, src in self.self_copies:
+                f[dst] = f[src]
         return HaloHandle(self, plan, fields)
 
     def exchange(self, *fields) -> None:
@@ -614,14 +622,20 @@ class HaloExchange:
         self.free()
 
     def bytes_per_exchange(self, *fields) -> dict:
-        """Ghost bytes this rank receives and sends for these fields (no communication)."""
-        sent = recv = 0
+        """Ghost bytes of one exchange of ``fields`` on this rank. Not collective.
+
+        ``{"sent", "received"}``: bytes in messages to/from other ranks; ``"copied"``:
+        ghost bytes filled by copies inside the field (this rank is its own periodic
+        neighbour); ``"filled"``: received + copied.
+        """
+        sent = recv = copied = 0
         for f in fields:
             reg = self._regions(tuple(f.shape), f.dtype.itemsize)
             sent += sum(ct.size for ct in reg["send_ct"].values())
             recv += sum(ct.size for ct in reg["recv_ct"].values())
-        return {"sent": sent, "received": recv}
-
+            cells = sum(int(np.prod([s.stop - s.start for s in dst])) for dst, _ in self.self_copies)
+            copied += cells * int(np.prod(f.shape[self.decomposition.ndim:], dtype=np.int64)) * f.dtype.itemsize
+        return {"sent": sent, "received": recv, "copied": copied, "filled": recv + copied}
 
 def _tag(off: Sequence[int]) -> int:
     t = 0
