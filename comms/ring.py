@@ -370,12 +370,14 @@ class _Ring:
             else:
                 # the same block left this rank n-1 steps earlier: that send must be done
                 j = i - (self.size - 1) * K
+                if j >= self.next_send:
+                    return  # not even issued yet (a large window); it will be once more chunks arrive
                 req = self._sends.get(j)
                 if req is not None:
-                    if blocking:
+                    if not req.Test():
+                        if not (blocking and not self._recvs):
+                            return  # reduce what has arrived first; retry on the next pass
                         req.Wait()
-                    elif not req.Test():
-                        return
                     del self._sends[j]
                 slot = None
                 buf = self.dst[lo:hi]
@@ -404,6 +406,8 @@ class _Ring:
                     self.done = True
                     self._free_slots = []
                 return self.done
+            if not self._recvs:
+                return False  # only when not blocking: the send that frees the next buffer is in flight
             i, req, slot, lo, hi = self._recvs[0]
             if blocking:
                 req.Wait()

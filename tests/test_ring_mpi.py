@@ -1,5 +1,6 @@
 """Ring collectives against MPI's own: every dtype and op, odd sizes, non-blocking forms, buckets, errors."""
 
+import time
 import zlib
 
 import numpy as np
@@ -226,19 +227,35 @@ def test_out_and_in_place(rng):
     _verdict(comm, ok)
 
 
-def test_non_blocking_interleaved_with_compute(rng):
+def _busy(seconds: float) -> None:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pass
+
+
+@pytest.mark.parametrize("count,chunk", [(50_001, 4096), (1 << 17, 1 << 22), (3 << 16, None)],
+                         ids=["many-chunks", "one-chunk-per-block", "default-chunks"])
+def test_non_blocking_interleaved_with_compute(count, chunk):
+    """Large messages go by rendezvous: a test() often finds the send that frees the next
+    receive buffer still in flight and must return (and retry later) instead of failing."""
     comm = _world()
     rank = comm.Get_rank()
-    x = np.random.default_rng([5, rank]).standard_normal(50_001)
-    ref = ring_allreduce(comm, x, chunk_nbytes=4096)
-    req = ring_allreduce_start(comm, x, chunk_nbytes=4096)
-    tests, work = 0, np.ones((32, 32))
-    while not req.test():
-        work = work @ work / 32.0  # a compute slice
-        tests += 1
-    assert req.test() and req.done
-    got = req.wait()
-    _verdict(comm, np.array_equal(got, ref) and req.wait() is got and tests > 0, f"{tests} tests")
+    x = np.random.default_rng([5, rank]).standard_normal(count)
+    ref = ring_allreduce(comm, x, chunk_nbytes=chunk)
+    bad = []
+    for rep in range(10):
+        in_place = rep % 2 == 1
+        y = x.copy()
+        req = ring_allreduce_start(comm, y, chunk_nbytes=chunk, out=y if in_place else None)
+        tests = 0
+        while not req.test():
+            _busy(20e-6 * (1 + rep % 5))  # a compute slice, of a different length each repetition
+            tests += 1
+        assert req.test() and req.done
+        got = req.wait()
+        if not (np.array_equal(got, ref) and req.wait() is got and (got is y) == in_place):
+            bad.append(f"rep {rep} (in_place={in_place}) after {tests} tests")
+    _verdict(comm, not bad, "; ".join(bad))
 
 
 def test_concurrent_operations_completed_in_any_order(rng):
