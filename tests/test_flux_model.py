@@ -110,6 +110,11 @@ def test_axial_dipole_of_cos_theta_map():
         assert d["AX_DIPOLE"][0] == pytest.approx(7.5, rel=tol)
         assert d["EQ_DIPOLE"][0] < 1e-12
         assert d["NPOLE_AREA"][0] == pytest.approx(d["SPOLE_AREA"][0], rel=1e-12)
+        # rows within 30 deg of the pole: the cap to their outer faces
+        rows = grid.theta <= math.radians(30) + 1e-12
+        edge = grid.theta[rows][-1] + 0.5 * grid.dtheta
+        cap = 2 * math.pi * (1 - math.cos(edge)) * 4.84416e21
+        assert d["NPOLE_AREA"][0] == pytest.approx(cap, rel=1e-12)
 
 
 def test_dipole_decays_at_the_harmonic_rate():

@@ -90,7 +90,8 @@ class Diagnostics:
             fa_p.sum(axis=(0, 1)), fa_m.sum(axis=(0, 1)),
             (fa_p * north).sum(axis=(0, 1)), (fa_m * north).sum(axis=(0, 1)),
             (fa_p * south).sum(axis=(0, 1)), (fa_m * south).sum(axis=(0, 1)),
-            xp.broadcast_to((area * north).sum(), (nr,)), xp.broadcast_to((area * south).sum(), (nr,)),
+            xp.broadcast_to((area * north).sum() * f.shape[1], (nr,)),
+            xp.broadcast_to((area * south).sum() * f.shape[1], (nr,)),
             (f * ex_w).sum(axis=(0, 1)), (f * ey_w).sum(axis=(0, 1)), (f * cos_w).sum(axis=(0, 1)),
         ])
         if exact is not None:
