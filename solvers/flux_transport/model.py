@@ -366,12 +366,21 @@ class FluxTransport:
             return target - t, target
         return dt, t + dt
 
-    def _advect(self, dt: float) -> None:
+    def advect(self, dt: float, prepare: bool = False) -> None:
+        """Advance by advection alone over ``dt`` [h] (one SSPRK(4,3) step). Collective on ``comm``.
+
+        ``prepare``: evaluate the flows (and attenuation) from the current field
+        first; :meth:`step` does that once per step.
+        """
+        if prepare:
+            self._exchange(self.f)
+            self.advection.prepare(self.f)
         t0 = _time.perf_counter()
         ssprk43(self.xp, self.f, dt, self._rhs_advection, self.f1, self.work[2])
         self.wall_s["advection"] += _time.perf_counter() - t0
 
-    def _diffuse(self, dt: float) -> None:
+    def diffuse(self, dt: float) -> None:
+        """Advance by diffusion alone over ``dt`` [h] (super steps, sub-cycled if long). Collective on ``comm``."""
         t0 = _time.perf_counter()
         if self.implicit is not None:
             self.implicit.step(self.f, dt)
@@ -397,14 +406,14 @@ class FluxTransport:
         dt, t_new = self._choose_dt()
         strang = self.config.time.strang and self.advection is not None and self.diffusion is not None
         if strang:
-            self._advect(0.5 * dt)
-            self._diffuse(dt)
-            self._advect(0.5 * dt)
+            self.advect(0.5 * dt)
+            self.diffuse(dt)
+            self.advect(0.5 * dt)
         else:
             if self.advection is not None:
-                self._advect(dt)
+                self.advect(dt)
             if self.diffusion is not None:
-                self._diffuse(dt)
+                self.diffuse(dt)
         self.time = t_new
         self.steps += 1
         self.last_dt = dt

@@ -1,0 +1,221 @@
+"""Flux-transport throughput: cell-updates per second of advection and diffusion steps.
+
+One run times, on the first ``k`` ranks for every ``k`` from 1 to the launch
+size, ``solvers.flux_transport.FluxTransport`` steps on HipFT-sized grids
+(``nphi x ntheta`` cells), for one realization and for ensembles:
+
+* ``decomposed``: every realization on one theta-phi decomposition of the k ranks
+  (this project; works for any k, even with one realization);
+* ``HipFT-style``: the peer layout: realizations split over the ranks, each rank
+  holding whole maps (HipFT's only parallelism; needs k to divide the ensemble);
+* ``mixed``: realizations over 2 groups, each decomposed (k = 4).
+
+Advection: one SSPRK(4,3) + WENO3 step at the CFL limit (4 operator stages).
+Diffusion: one RKG2 super step of ``--ratio`` explicit limits (``s`` stages).
+A cell-update is one cell of one realization advanced by one step; "stage
+updates" count each operator stage. The copy bound is the machine's measured
+copy bandwidth over the compulsory traffic of a step (read the stage input,
+write its output: 16 bytes per cell per stage); the NumPy implementation
+makes about 45 (advection) and 8-16 (diffusion) array passes per stage, so it
+stays far below that bound. Times are medians of the samples, slowest rank.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from .common import Column, command_line, format_table, machine_lines, median, ratio, write_json
+
+COMMAND = "flux"
+HELP = "flux-transport step throughput, decomposed vs HipFT-style realization split (mpiexec -n 2, or 4)"
+
+__all__ = ["run", "add_arguments", "copy_bandwidth"]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--sizes", default="1024x512,2048x1024", metavar="NPxNT,..",
+                        help="grids as phi cells x theta rows (default 1024x512,2048x1024)")
+    parser.add_argument("--realizations", default="1,8", metavar="N,..", help="ensemble sizes (default 1,8)")
+    parser.add_argument("--kinds", default="advection,diffusion", metavar="K,..",
+                        help="advection and/or diffusion (default both)")
+    parser.add_argument("--ratio", type=float, default=100.0,
+                        help="diffusion step over the explicit limit (default 100: 25 RKG2 stages)")
+    parser.add_argument("--samples", type=int, default=2, metavar="N", help="timed steps per case (default 2)")
+    parser.add_argument("--device", action="store_true", help="CuPy arrays on the GPU (needs a device)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write settings and raw samples (rank 0)")
+
+
+def _sizes(text: str) -> list:
+    out = []
+    for item in text.split(","):
+        if item.strip():
+            p, t = item.lower().split("x")
+            out.append((int(p), int(t)))
+    return out
+
+
+def copy_bandwidth(xp=np, nbytes: int = 256 * 2 ** 20, repeat: int = 5) -> float:
+    """Copy bandwidth [B/s] counting read + write, median of ``repeat`` copies. Not collective."""
+    n = nbytes // 8
+    a = xp.ones(n)
+    b = xp.empty(n)
+    sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
+    samples = []
+    for _ in range(repeat + 1):
+        sync()
+        t0 = time.perf_counter()
+        xp.copyto(b, a)
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return 2.0 * n * 8 / median(samples[1:])
+
+
+def _config(kind: str, nphi: int, ntheta: int, nr: int, layout: dict, device: bool):
+    from solvers.flux_transport import load_config
+
+    data = {"n_realizations": nr, "grid": {"ntheta": ntheta, "nphi": nphi}, "initial": {"kind": "bipolar"},
+            "time": {"end_h": 1e9, "dt_max_h": 1e6},
+            "flow": {"enabled": kind == "advection"},
+            "diffusion": {"enabled": kind == "diffusion", "eta_km2_s": [250.0 + 50.0 * i for i in range(nr)]},
+            "parallel": dict(layout, device="gpu" if device else "cpu")}
+    return load_config(data=data)
+
+
+def _time_case(comm, kind, nphi, ntheta, nr, layout, args, xp):
+    """Time one case on ``comm``; returns a dict (rank 0 of comm) or None."""
+    from mpi4py import MPI
+
+    from solvers.flux_transport import FluxTransport
+    from solvers.flux_transport.timestepping import SAFETY, sts_stages
+
+    m = FluxTransport(comm, _config(kind, nphi, ntheta, nr, layout, args.device), output=False)
+    sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
+    try:
+        if kind == "advection":
+            m._exchange(m.f)
+            m.advection.prepare(m.f)
+            rate = m.comm.allreduce(m.advection.local_rate(), op=MPI.MAX)
+            dt = SAFETY / rate
+            stages = 4
+
+            def op():
+                m.advect(dt)
+        else:
+            dt = args.ratio * m.dt_exp
+            stages = sts_stages(args.ratio, "rkg2")
+
+            def op():
+                m.diffuse(dt)
+        op()  # warm-up: halo plans, coefficient caches
+        samples = []
+        for _ in range(args.samples):
+            sync()
+            m.comm.Barrier()
+            t0 = time.perf_counter()
+            op()
+            sync()
+            samples.append(m.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+        dims = m.domain.decomp.dims
+        groups = m.domain.groups
+    finally:
+        m.free()
+    if comm.Get_rank() != 0:
+        return None
+    t = median(samples)
+    cells = nphi * ntheta * nr
+    return {"kind": kind, "nphi": nphi, "ntheta": ntheta, "nr": nr, "ranks": comm.Get_size(), "groups": groups,
+            "dims": dims, "stages": stages, "dt_h": dt, "samples": samples, "seconds": t,
+            "updates_per_s": cells / t, "stage_updates_per_s": cells * stages / t}
+
+
+def _layouts(k: int, nr: int) -> list:
+    out = [("decomposed", {"realization_groups": 1})]
+    if k > 1 and nr % k == 0:
+        out.append(("HipFT-style", {"realization_groups": k, "dims": [1, 1]}))
+    if k == 4 and nr % 2 == 0 and nr >= 2:
+        out.append(("mixed", {"realization_groups": 2}))
+    return out
+
+
+COLUMNS = [Column("grid", left=True), Column("real.", "d"), Column("kind", left=True), Column("ranks", "d"),
+           Column("layout", left=True), Column("procs", left=True), Column("stages", "d"), Column("ms/step", ".1f"),
+           Column("M cell-upd/s", ".2f"), Column("M stage-upd/s", ".1f"), Column("vs 1 rank", ".2f"),
+           Column("vs HipFT-style", ".2f"), Column("% copy bound", ".1f")]
+
+
+def run(args, markdown: bool = False) -> int:
+    """``mpiexec -n 2 python -m benchmarks flux``. Collective on ``MPI.COMM_WORLD``."""
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    xp = np
+    if args.device:
+        from hpcore.arrays import cupy_or_none
+
+        xp = cupy_or_none()
+        if xp is None:
+            if rank == 0:
+                print("flux benchmark: --device needs CuPy and a CUDA device", file=sys.stderr)
+            return 2
+        xp.cuda.Device(rank % xp.cuda.runtime.getDeviceCount()).use()
+    t_start = time.perf_counter()
+    bw = copy_bandwidth(xp) if rank == 0 else None
+    bw = world.bcast(bw, root=0)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    results = []
+    for nphi, ntheta in _sizes(args.sizes):
+        for nr in [int(x) for x in args.realizations.split(",") if x.strip()]:
+            for kind in kinds:
+                for k in range(1, world.Get_size() + 1):
+                    sub = world.Split(0 if rank < k else MPI.UNDEFINED, rank)
+                    for label, layout in _layouts(k, nr):
+                        if sub != MPI.COMM_NULL:
+                            r = _time_case(sub, kind, nphi, ntheta, nr, layout, args, xp)
+                            if r is not None:
+                                r["layout"] = label
+                                results.append(r)
+                                print(f"# {nphi}x{ntheta} r={nr} {kind} {k} ranks {label}: "
+                                      f"{r['seconds'] * 1e3:.1f} ms/step", file=sys.stderr, flush=True)
+                        world.Barrier()
+                    if sub != MPI.COMM_NULL:
+                        sub.Free()
+    if rank == 0:
+        cmd = command_line(COMMAND, [("--sizes", args.sizes), ("--realizations", args.realizations),
+                                     ("--kinds", args.kinds), ("--ratio", args.ratio), ("--samples", args.samples),
+                                     ("--device", args.device)], nprocs=world.Get_size(), markdown=markdown)
+        print("# flux transport step throughput: solvers.flux_transport, decomposed vs HipFT-style realization "
+              "split")
+        for line in machine_lines(MPI):
+            print("# " + line)
+        print(f"# {world.Get_size()} ranks launched; copy bandwidth {bw / 1e9:.1f} GB/s "
+              f"({'device' if args.device else 'host'}, read + write); grid = phi cells x theta rows; "
+              "cell-update = one cell of one realization advanced one step")
+        print(f"# advection: SSPRK(4,3) + WENO3 at the CFL limit; diffusion: RKG2 at {args.ratio:g} x the explicit "
+              "limit; vs X = time(X) / time(this row); % copy bound = compulsory 16 B per cell per stage at the "
+              "copy bandwidth")
+        print()
+        rows = []
+        for r in results:
+            base = [q for q in results if q["kind"] == r["kind"] and q["nphi"] == r["nphi"] and q["nr"] == r["nr"]
+                    and q["ranks"] == 1]
+            peer = [q for q in results if q["kind"] == r["kind"] and q["nphi"] == r["nphi"] and q["nr"] == r["nr"]
+                    and q["ranks"] == r["ranks"] and q["layout"] == "HipFT-style"]
+            bound = bw / (16.0 * r["stages"])  # cell-updates per second at the copy bound
+            rows.append([f"{r['nphi']}x{r['ntheta']}", r["nr"], r["kind"], r["ranks"], r["layout"],
+                         f"{r['groups']}x({r['dims'][0]}x{r['dims'][1]})", r["stages"], r["seconds"] * 1e3,
+                         r["updates_per_s"] / 1e6, r["stage_updates_per_s"] / 1e6,
+                         ratio(base[0]["seconds"], r["seconds"]) if base else float("nan"),
+                         ratio(peer[0]["seconds"], r["seconds"]) if peer and r["layout"] != "HipFT-style"
+                         else float("nan"),
+                         100.0 * r["updates_per_s"] / (bound * r["ranks"])])
+        print(format_table(COLUMNS, rows, markdown=markdown))
+        print()
+        print(f"# reproduce: {cmd}")
+        print(f"# total {time.perf_counter() - t_start:.0f} s")
+        if args.json:
+            write_json(args.json, {"results": results, "copy_bandwidth_Bps": bw, "command": cmd})
+    return 0
