@@ -38,8 +38,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--heads", type=int, default=1, help="heads (a leading batch axis; default 1)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--mask", default="causal", choices=("causal", "full"), help="attention mask (default causal)")
-    parser.add_argument("--block-size", type=int, default=1024, metavar="B", help="ring score tile [tokens] (default 1024)")
-    parser.add_argument("--samples", type=int, default=2, metavar="N", help="timed repetitions; median shown (default 2)")
+    parser.add_argument("--block-size", type=int, default=1024, metavar="B",
+                        help="ring score tile [tokens] (default 1024)")
+    parser.add_argument("--samples", type=int, default=2, metavar="N",
+                        help="timed repetitions; median shown (default 2)")
     parser.add_argument("--max-full-gib", type=float, default=4.0, metavar="G",
                         help="skip single-process full attention when it would need more [GiB] (default 4)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write settings and raw samples (rank 0)")
@@ -189,7 +191,8 @@ def run(args, markdown: bool = False) -> int:
         threads = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         print(f"# BLAS threads: {', '.join(f'{k}={v}' for k, v in threads.items() if v) or 'library default'}")
         print(f"# heads={args.heads}, d={args.d}, {args.dtype}, ring block_size={args.block_size}; time: slowest rank, "
-              f"median of {args.samples} after one warm-up run; ring peak/rank: largest tracemalloc peak over the ranks "
+              f"median of {args.samples} after one warm-up run; ring peak/rank: largest tracemalloc peak over the "
+              "ranks "
               "during one forward + backward (inputs not counted); full: attention_reference on rank 0 (others "
               f"sleep), skipped above --max-full-gib {args.max_full_gib:g} (estimate: {FULL_TEMPORARIES} L x L arrays, "
               "as measured)")

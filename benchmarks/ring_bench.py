@@ -270,7 +270,8 @@ def _size_table(results: dict, dtype, op: str, nranks: int, markdown: bool) -> s
     names = ["ring", "MPI", "naive"]
     cols = [Column("size [B]", "d"), Column("count", "d"), Column("type", left=True), Column("redop", left=True)]
     for n in names:
-        cols += [Column(f"{n} time [us]", ".1f"), Column(f"{n} algbw [GB/s]", ".3f"), Column(f"{n} busbw [GB/s]", ".3f")]
+        cols += [Column(f"{n} time [us]", ".1f"), Column(f"{n} algbw [GB/s]", ".3f"),
+                 Column(f"{n} busbw [GB/s]", ".3f")]
     cols += [Column("ring/MPI time [x]", ".2f"), Column("naive/MPI time [x]", ".2f"), Column("#wrong", "d")]
     factor = 2 * (nranks - 1) / nranks
     rows = []
@@ -348,7 +349,8 @@ def run(args, markdown: bool = False) -> int:
         print(_size_table(results, dtype, args.op, size, markdown))
         if overlap:
             print()
-            print(f"# overlap (OSU definition), {dtype}, sum; compute = 64x64 matmuls in slices of ~{args.slice_us:g} us "
+            print(f"# overlap (OSU definition), {dtype}, sum; compute = 64x64 matmuls in slices of "
+                  f"~{args.slice_us:g} us "
                   "(enough slices to last the pure comm time), one test() per slice; "
                   "overlap = max(0, 1 - (total - compute) / pure) * 100; 'in start/test/wait' = time the rank "
                   "spent inside the communication calls during 'total' (copies and reductions it does itself)")

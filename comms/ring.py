@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
 
 import numpy as np
 
 from hpcore.arrays import array_module, is_device_array
-from hpcore.errors import HpcoreError, agree, rank_prefix
+from hpcore.errors import HpcoreError, agree
 
 __all__ = [
     "RingMismatchError",
@@ -26,7 +26,12 @@ __all__ = [
     "chunk_elements",
 ]
 
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py import MPI
+
 OpName = Literal["sum", "prod", "max", "min"]
+Op = Union["MPI.Op", OpName, None]
+"""MPI.SUM/PROD/MAX/MIN or their names; None means SUM."""
 
 MIN_CHUNK_NBYTES = 1 << 20
 MAX_CHUNK_NBYTES = 1 << 22
@@ -39,6 +44,18 @@ DEFAULT_WINDOW = 3
 """Receives posted ahead of the one being reduced (each reduce step holds one chunk buffer per receive)."""
 
 _OP_CODES = {"sum": 1, "prod": 2, "max": 3, "min": 4}
+_MPI = None
+
+
+def _mpi():
+    """``mpi4py.MPI``, imported on first use (importing this module does no MPI work)."""
+    global _MPI
+    if _MPI is None:
+        from mpi4py import MPI
+
+        _MPI = MPI
+    return _MPI
+
 _UFUNCS = {"sum": "add", "prod": "multiply", "max": "maximum", "min": "minimum"}
 
 
@@ -93,8 +110,7 @@ def _op_name(op) -> str:
         if op.lower() in _OP_CODES:
             return op.lower()
         raise ValueError(f"op: expected MPI.SUM, MPI.PROD, MPI.MAX, MPI.MIN or one of {sorted(_OP_CODES)}, got {op!r}")
-    from mpi4py import MPI
-
+    MPI = _mpi()
     if isinstance(op, MPI.Op):
         for name, mop in (("sum", MPI.SUM), ("prod", MPI.PROD), ("max", MPI.MAX), ("min", MPI.MIN)):
             if op == mop:
@@ -125,7 +141,8 @@ def _check_dtype(dtype, op: str, name: str) -> None:
         raise TypeError(f"{name}: ring collectives need a numeric dtype (integer, unsigned, float or complex), "
                         f"got {dtype}")
     if not dtype.isnative:
-        raise TypeError(f"{name}: dtype {dtype} is not in native byte order; convert with .astype({dtype.newbyteorder('=')})")
+        raise TypeError(f"{name}: dtype {dtype} is not in native byte order; "
+                        f"convert with .astype({dtype.newbyteorder('=')})")
     if dtype.kind == "c" and op in ("max", "min"):
         raise ValueError(f"op: {op.upper()} is not defined for complex dtype {dtype} (as in MPI)")
 
@@ -209,10 +226,8 @@ def _context(comm) -> _Context:
     """The ring context cached on ``comm`` (created on first use: collective, as every
     ring call is; freed when ``comm`` is freed)."""
     global _KEYVAL
-    from mpi4py import MPI
-
     if _KEYVAL is None:
-        _KEYVAL = MPI.Comm.Create_keyval(delete_fn=_delete_context)
+        _KEYVAL = _mpi().Comm.Create_keyval(delete_fn=_delete_context)
     ctx = comm.Get_attr(_KEYVAL)
     if ctx is None:
         ctx = _Context(comm.Dup())
@@ -222,8 +237,7 @@ def _context(comm) -> _Context:
 
 def _split_comm(comm):
     """``(mpi_comm, hpcore_comm_or_None)`` from an mpi4py intracommunicator or an ``hpcore.Comm``."""
-    from mpi4py import MPI
-
+    MPI = _mpi()
     hc = None
     if hasattr(comm, "mpi") and hasattr(comm, "cuda_aware"):
         hc, comm = comm, comm.mpi
@@ -243,9 +257,7 @@ class _HostLink:
     """Byte messages of host (or CUDA-aware device) arrays straight through mpi4py."""
 
     def __init__(self, comm, tag: int, left: int, right: int):
-        from mpi4py import MPI
-
-        self._byte = MPI.BYTE
+        self._byte = _mpi().BYTE
         self._comm, self._tag, self.left, self.right = comm, tag, left, right
 
     def isend(self, buf):
@@ -491,14 +503,12 @@ class RingRequest:
 def _agree_reduce(comm, error, count: int, dtype_code: int, op_code: int, what: str) -> None:
     """One small allreduce: every rank learns whether any rank failed locally and whether
     (count, dtype, op) differ; then every rank raises the same error. Collective."""
-    from mpi4py import MPI
-
     ok = error is None
     mine = np.array([0 if ok else 1, count, -count, dtype_code, -dtype_code, op_code, -op_code], dtype=np.int64)
     if not ok:
         mine[1:] = np.iinfo(np.int64).min  # neutral under MAX
     agreed = np.empty_like(mine)
-    comm.Allreduce(mine, agreed, op=MPI.MAX)
+    comm.Allreduce(mine, agreed, op=_mpi().MAX)
     if agreed[0]:
         agree(comm, error)  # raises on every rank
     if agreed[1] == -agreed[2] and agreed[3] == -agreed[4] and agreed[5] == -agreed[6]:
@@ -562,7 +572,7 @@ def _start_reduce(comm, x, op, out, chunk_nbytes, window, what: str, scatter: bo
     return RingRequest(ring, result, finish)
 
 
-def ring_allreduce_start(comm, x, op=None, out=None, *, chunk_nbytes: Optional[int] = None,
+def ring_allreduce_start(comm, x, op: Op = None, out=None, *, chunk_nbytes: Optional[int] = None,
                          window: int = DEFAULT_WINDOW) -> RingRequest:
     """Start a ring allreduce of ``x``; ``wait()`` on the handle returns the result.
 
@@ -573,13 +583,11 @@ def ring_allreduce_start(comm, x, op=None, out=None, *, chunk_nbytes: Optional[i
     ``TypeError``/``ValueError`` on every rank. Parameters as for :func:`ring_allreduce`.
     ``x`` must not be modified (nor ``out`` read) until the handle completes.
     """
-    from mpi4py import MPI
-
-    return _start_reduce(comm, x, MPI.SUM if op is None else op, out, chunk_nbytes, window,
+    return _start_reduce(comm, x, "sum" if op is None else op, out, chunk_nbytes, window,
                          "ring_allreduce", scatter=False)
 
 
-def ring_allreduce(comm, x, op=None, out=None, *, chunk_nbytes: Optional[int] = None,
+def ring_allreduce(comm, x, op: Op = None, out=None, *, chunk_nbytes: Optional[int] = None,
                    window: int = DEFAULT_WINDOW):
     """Element-wise reduction of ``x`` over all ranks; every rank gets the whole result.
 
@@ -618,19 +626,17 @@ def ring_allreduce(comm, x, op=None, out=None, *, chunk_nbytes: Optional[int] = 
     return ring_allreduce_start(comm, x, op, out, chunk_nbytes=chunk_nbytes, window=window).wait()
 
 
-def ring_reduce_scatter_start(comm, x, op=None, *, chunk_nbytes: Optional[int] = None,
+def ring_reduce_scatter_start(comm, x, op: Op = None, *, chunk_nbytes: Optional[int] = None,
                               window: int = DEFAULT_WINDOW) -> RingRequest:
     """Start :func:`ring_reduce_scatter`; ``wait()`` returns this rank's block.
 
     Collective on ``comm``, with the same agreement step as :func:`ring_allreduce_start`.
     """
-    from mpi4py import MPI
-
-    return _start_reduce(comm, x, MPI.SUM if op is None else op, None, chunk_nbytes, window,
+    return _start_reduce(comm, x, "sum" if op is None else op, None, chunk_nbytes, window,
                          "ring_reduce_scatter", scatter=True)
 
 
-def ring_reduce_scatter(comm, x, op=None, *, chunk_nbytes: Optional[int] = None,
+def ring_reduce_scatter(comm, x, op: Op = None, *, chunk_nbytes: Optional[int] = None,
                         window: int = DEFAULT_WINDOW):
     """Reduce ``x`` over all ranks and keep this rank's block of the flattened result.
 
@@ -723,7 +729,7 @@ def ring_allgather(comm, x, *, chunk_nbytes: Optional[int] = None, window: int =
 # --------------------------------------------------------------------------- gradient buckets
 
 
-def ring_allreduce_bucket_start(comm, arrays: Sequence, op=None, out: Optional[Sequence] = None, *,
+def ring_allreduce_bucket_start(comm, arrays: Sequence, op: Op = None, out: Optional[Sequence] = None, *,
                                 chunk_nbytes: Optional[int] = None,
                                 window: int = DEFAULT_WINDOW) -> RingRequest:
     """Start one fused ring allreduce of several arrays; ``wait()`` returns a list.
@@ -731,8 +737,6 @@ def ring_allreduce_bucket_start(comm, arrays: Sequence, op=None, out: Optional[S
     Collective on ``comm``: every rank passes the same number of arrays with the same
     total element count and dtype. See :func:`ring_allreduce_bucket`.
     """
-    from mpi4py import MPI
-
     error, flat, xp = None, None, np
     try:
         arrays = list(arrays)
@@ -773,11 +777,11 @@ def ring_allreduce_bucket_start(comm, arrays: Sequence, op=None, out: Optional[S
             pos += n
         return outs
 
-    return _start_reduce(comm, flat, MPI.SUM if op is None else op, flat, chunk_nbytes, window,
+    return _start_reduce(comm, flat, "sum" if op is None else op, flat, chunk_nbytes, window,
                          "ring_allreduce_bucket", scatter=False, pre_error=error, finish=scatter_back)
 
 
-def ring_allreduce_bucket(comm, arrays: Sequence, op=None, out: Optional[Sequence] = None, *,
+def ring_allreduce_bucket(comm, arrays: Sequence, op: Op = None, out: Optional[Sequence] = None, *,
                           chunk_nbytes: Optional[int] = None, window: int = DEFAULT_WINDOW) -> list:
     """Allreduce several arrays as one fused transfer (a gradient bucket).
 

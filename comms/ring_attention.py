@@ -1,4 +1,4 @@
-"""Ring attention: exact attention over a sequence split across ranks (blockwise online softmax, forward and backward)."""
+"""Ring attention: exact attention over a sequence split across ranks (blockwise online softmax, forward, backward)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ring attention on one rank: the serial reference against finite differences, RingAttention on COMM_SELF, layouts, memory."""
+"""Ring attention on one rank: reference vs finite differences, RingAttention on COMM_SELF, layouts, memory."""
 
 import tracemalloc
 

@@ -212,7 +212,7 @@ def test_float16_sum_and_any_shape_keeps_shape(rng):
 
 def test_out_and_in_place(rng):
     comm = _world()
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank = comm.Get_rank()
     x = np.random.default_rng([3, rank]).standard_normal((17, 3))
     ref = np.empty_like(x)
     comm.Allreduce(x, ref)
@@ -260,7 +260,7 @@ def test_non_blocking_interleaved_with_compute(count, chunk):
 
 def test_concurrent_operations_completed_in_any_order(rng):
     comm = _world()
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank = comm.Get_rank()
     a = np.random.default_rng([1, rank]).standard_normal(10_007)
     b = np.random.default_rng([2, rank]).integers(0, 100, 5003)
     c = np.random.default_rng([3, rank]).integers(0, 100, 11)
