@@ -10,6 +10,7 @@ import numpy as np
 
 from hpcore.arrays import array_module, is_device_array
 from hpcore.errors import HpcoreError, agree
+from hpcore.staging import BufferPool
 
 __all__ = [
     "RingMismatchError",
@@ -45,6 +46,7 @@ DEFAULT_WINDOW = 3
 
 _OP_CODES = {"sum": 1, "prod": 2, "max": 3, "min": 4}
 _MPI = None
+_POOL = BufferPool()  # chunk receive buffers, reused across calls (no fresh pages to fault in per call)
 
 
 def _mpi():
@@ -340,8 +342,11 @@ class _Ring:
         self.window = max(1, int(window))
         self.device = xp is not np
         self._stream_dirty = self.device  # the caller's kernels may still be writing src
-        n_slots = min(self.window, self.M) if n_reduce > 0 else 0
-        self._free_slots = [xp.empty(min(self.chunk, biggest), dtype=src.dtype) for _ in range(n_slots)]
+        n_slots = min(self.window, n_reduce * self.K) if self.M else 0
+        kind = "device" if self.device else "host"
+        nbytes = min(self.chunk, biggest) * src.dtype.itemsize
+        self._raw = [(_POOL.get(nbytes, kind), kind) for _ in range(n_slots)]
+        self._free_slots = [raw.view(src.dtype) for raw, _ in self._raw]
         self._recvs: deque = deque()  # (index, request, slot or None, segment)
         self._sends: dict = {}  # index -> request (not yet known complete)
         self.next_send = self.next_post = self.next_done = 0
@@ -417,6 +422,9 @@ class _Ring:
                 if self._finish_sends(blocking):
                     self.done = True
                     self._free_slots = []
+                    for raw, kind in self._raw:
+                        _POOL.put(raw, kind)
+                    self._raw = []
                 return self.done
             if not self._recvs:
                 return False  # only when not blocking: the send that frees the next buffer is in flight
