@@ -187,13 +187,18 @@ class RingAttention:
 
     def __init__(self, comm, causal: bool = False, *, scale: Optional[float] = None, layout: Layout = "zigzag",
                  block_size: Optional[int] = DEFAULT_BLOCK_SIZE):
-        _check_layout(layout)
-        if block_size is not None and int(block_size) < 1:
-            raise ValueError(f"block_size: expected None or >= 1, got {block_size}")
-        if scale is not None and not math.isfinite(float(scale)):
-            raise ValueError(f"scale: expected a finite number, got {scale}")
         self._mpi, self._hc = _split_comm(comm)
-        self._ctx = _context(self._mpi)
+        self._ctx = _context(self._mpi)  # collective on first use of comm (a private duplicate)
+        error = None
+        try:
+            _check_layout(layout)
+            if block_size is not None and int(block_size) < 1:
+                raise ValueError(f"block_size: expected None or >= 1, got {block_size}")
+            if scale is not None and not math.isfinite(float(scale)):
+                raise ValueError(f"scale: expected a finite number, got {scale}")
+        except Exception as exc:  # noqa: BLE001 - raised on every rank by agree()
+            error = exc
+        agree(self._ctx.comm, error)
         self.causal = bool(causal)
         self.scale = None if scale is None else float(scale)
         self.layout = layout

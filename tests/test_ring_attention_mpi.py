@@ -162,6 +162,7 @@ def test_mismatched_shapes_or_dtype_raise_everywhere():
     _raises_everywhere(comm, ValueError, lambda: RingAttention(comm, causal=True).forward(odd, odd, odd), "even")
     bad = np.ones((8, 4), np.int32) if rank == comm.Get_size() - 1 else np.ones((8, 4))
     _raises_everywhere(comm, TypeError, lambda: RingAttention(comm).forward(bad, bad, bad), "float32 or float64")
+    _raises_everywhere(comm, ValueError, lambda: RingAttention(comm, block_size=0 if rank == 1 else 4), "block_size")
     ra = RingAttention(comm)
     z = np.ones((8, 4))
     ra.forward(z, z, z)
