@@ -17,7 +17,8 @@ updates" count each operator stage. The copy bound is the machine's measured
 copy bandwidth over the compulsory traffic of a step (read the stage input,
 write its output: 16 bytes per cell per stage); the NumPy implementation
 makes about 45 (advection) and 8-16 (diffusion) array passes per stage, so it
-stays far below that bound. Times are medians of the samples, slowest rank.
+stays far below that bound. Samples of the layouts are interleaved (one step of each per round);
+times are medians, slowest rank.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def add_arguments(parser) -> None:
                         help="advection and/or diffusion (default both)")
     parser.add_argument("--ratio", type=float, default=100.0,
                         help="diffusion step over the explicit limit (default 100: 25 RKG2 stages)")
-    parser.add_argument("--samples", type=int, default=2, metavar="N", help="timed steps per case (default 2)")
+    parser.add_argument("--samples", type=int, default=3, metavar="N",
+                        help="timed steps per case, interleaved across layouts (default 3)")
     parser.add_argument("--device", action="store_true", help="CuPy arrays on the GPU (needs a device)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write settings and raw samples (rank 0)")
 
@@ -84,51 +86,64 @@ def _config(kind: str, nphi: int, ntheta: int, nr: int, layout: dict, device: bo
     return load_config(data=data)
 
 
-def _time_case(comm, kind, nphi, ntheta, nr, layout, args, xp):
-    """Time one case on ``comm``; returns a dict (rank 0 of comm) or None."""
+def _case(comm, kind, nphi, ntheta, nr, layout, args, xp):
+    """Build one case on ``comm``; returns ``(model, op, stages, dt)`` (op advances one step). Collective."""
     from mpi4py import MPI
 
     from solvers.flux_transport import FluxTransport
     from solvers.flux_transport.timestepping import SAFETY, sts_stages
 
     m = FluxTransport(comm, _config(kind, nphi, ntheta, nr, layout, args.device), output=False)
+    if kind == "advection":
+        m._exchange(m.f)
+        m.advection.prepare(m.f)
+        rate = m.comm.allreduce(m.advection.local_rate(), op=MPI.MAX)
+        dt = SAFETY / rate
+
+        def op():
+            m.advect(dt)
+
+        return m, op, 4, dt
+    dt = args.ratio * m.dt_exp
+
+    def op():
+        m.diffuse(dt)
+
+    return m, op, sts_stages(args.ratio, "rkg2"), dt
+
+
+def _time_cases(comm, kind, nphi, ntheta, nr, layouts, args, xp):
+    """Time every layout on ``comm``, samples interleaved (one step of each per round); rank 0 gets the results."""
+    from mpi4py import MPI
+
     sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
+    cases = []
     try:
-        if kind == "advection":
-            m._exchange(m.f)
-            m.advection.prepare(m.f)
-            rate = m.comm.allreduce(m.advection.local_rate(), op=MPI.MAX)
-            dt = SAFETY / rate
-            stages = 4
-
-            def op():
-                m.advect(dt)
-        else:
-            dt = args.ratio * m.dt_exp
-            stages = sts_stages(args.ratio, "rkg2")
-
-            def op():
-                m.diffuse(dt)
-        op()  # warm-up: halo plans, coefficient caches
-        samples = []
+        for label, layout in layouts:
+            m, op, stages, dt = _case(comm, kind, nphi, ntheta, nr, layout, args, xp)
+            cases.append((label, m, op, stages, dt))
+            op()  # warm-up: halo plans, coefficient caches
+        samples = {label: [] for label, *_ in cases}
         for _ in range(args.samples):
-            sync()
-            m.comm.Barrier()
-            t0 = time.perf_counter()
-            op()
-            sync()
-            samples.append(m.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
-        dims = m.domain.decomp.dims
-        groups = m.domain.groups
+            for label, m, op, _, _ in cases:
+                sync()
+                comm.Barrier()
+                t0 = time.perf_counter()
+                op()
+                sync()
+                samples[label].append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+        out = []
+        for label, m, _, stages, dt in cases:
+            t = median(samples[label])
+            cells = nphi * ntheta * nr
+            out.append({"kind": kind, "nphi": nphi, "ntheta": ntheta, "nr": nr, "ranks": comm.Get_size(),
+                        "groups": m.domain.groups, "dims": m.domain.decomp.dims, "stages": stages, "dt_h": dt,
+                        "samples": samples[label], "seconds": t, "updates_per_s": cells / t,
+                        "stage_updates_per_s": cells * stages / t, "layout": label})
     finally:
-        m.free()
-    if comm.Get_rank() != 0:
-        return None
-    t = median(samples)
-    cells = nphi * ntheta * nr
-    return {"kind": kind, "nphi": nphi, "ntheta": ntheta, "nr": nr, "ranks": comm.Get_size(), "groups": groups,
-            "dims": dims, "stages": stages, "dt_h": dt, "samples": samples, "seconds": t,
-            "updates_per_s": cells / t, "stage_updates_per_s": cells * stages / t}
+        for _, m, *_ in cases:
+            m.free()
+    return out if comm.Get_rank() == 0 else []
 
 
 def _layouts(k: int, nr: int) -> list:
@@ -172,17 +187,13 @@ def run(args, markdown: bool = False) -> int:
             for kind in kinds:
                 for k in range(1, world.Get_size() + 1):
                     sub = world.Split(0 if rank < k else MPI.UNDEFINED, rank)
-                    for label, layout in _layouts(k, nr):
-                        if sub != MPI.COMM_NULL:
-                            r = _time_case(sub, kind, nphi, ntheta, nr, layout, args, xp)
-                            if r is not None:
-                                r["layout"] = label
-                                results.append(r)
-                                print(f"# {nphi}x{ntheta} r={nr} {kind} {k} ranks {label}: "
-                                      f"{r['seconds'] * 1e3:.1f} ms/step", file=sys.stderr, flush=True)
-                        world.Barrier()
                     if sub != MPI.COMM_NULL:
+                        for r in _time_cases(sub, kind, nphi, ntheta, nr, _layouts(k, nr), args, xp):
+                            results.append(r)
+                            print(f"# {nphi}x{ntheta} r={nr} {kind} {k} ranks {r['layout']}: "
+                                  f"{r['seconds'] * 1e3:.1f} ms/step", file=sys.stderr, flush=True)
                         sub.Free()
+                    world.Barrier()
     if rank == 0:
         cmd = command_line(COMMAND, [("--sizes", args.sizes), ("--realizations", args.realizations),
                                      ("--kinds", args.kinds), ("--ratio", args.ratio), ("--samples", args.samples),

@@ -2,7 +2,6 @@
 errors on every rank; the full soccer-ball validation (HipFT's budgets) with realizations split over ranks."""
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -149,6 +148,22 @@ def test_refusals_reach_every_rank():
         FluxTransport(comm, load_config(data=_physics(grid={"ntheta": 2 * comm.size - 1, "nphi": 48},
                                                       parallel={"dims": [comm.size, 1]})), output=False)
     comm.Barrier()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(300, method="thread")
+def test_implicit_diffusion_parallel_matches_serial():
+    pytest.importorskip("petsc4py")
+    comm = MPI.COMM_WORLD
+    data = {"n_realizations": 2, "grid": {"ntheta": 37, "nphi": 48}, "initial": {"kind": "bipolar"},
+            "time": {"end_h": 12.0, "dt_max_h": 3.0}, "flow": {"enabled": False},
+            "diffusion": {"eta_km2_s": [2000.0, 8000.0], "method": "implicit"}}
+    ref, _, _ = _evolve(MPI.COMM_SELF, data)
+    dims = [2, comm.size // 2] if comm.size % 2 == 0 else [comm.size, 1]
+    full, _, _ = _evolve(comm, dict(data, parallel={"dims": dims}))
+    ok = comm.bcast(bool(np.allclose(full, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())) if comm.rank == 0
+                    else None, root=0)
+    assert ok
 
 
 def _soccer(comm, rotate: bool):

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time as _time
+import warnings
 from typing import Callable, Optional
 
 import numpy as np
@@ -217,6 +218,8 @@ class FluxTransport:
                 self.history = HistoryWriter(o.directory, range(r0, r1), prefix=self.history_prefix,
                                              restart_step=self.steps if state is not None else None)
         self._restarted = state is not None
+        if self.assimilation is not None and not self._restarted:
+            self.assimilation.apply_due(self.time)  # a map at the start time is used before the first step
 
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
@@ -576,6 +579,13 @@ class FluxTransport:
 
     def plot(self) -> list:
         """Write map, butterfly and history PNGs of realization 1 (rank 0). Collective on ``comm``."""
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            if self.rank == 0:
+                warnings.warn("output.plots: matplotlib is not installed, no PNG written (pip install "
+                              "'hpcore[plot]', or set output.plots = false)", stacklevel=2)
+            return []
         from .plots import plot_run
 
         data = self.gather(0)

@@ -203,7 +203,7 @@ class AdvectionOperator:
         rr = (rows >= 1) & (rows <= nt - 2)
         inv_sdp[rr] = 1.0 / (grid.sin_theta[rows[rr]] * grid.dphi)
         self.inv_sdp = xp.asarray(inv_sdp[:, None, None])
-        self.interior_rows = rr
+        self.interior_rows = xp.asarray(np.nonzero(rr)[0])
         self.cap_north = grid.sin_faces[0] * grid.dphi / grid.cap_area
         self.cap_south = grid.sin_faces[-1] * grid.dphi / grid.cap_area
         self.eps_t = grid.dtheta
@@ -294,7 +294,7 @@ class AdvectionOperator:
         R, C = self.R, self.C
         vt = np.abs(self.hvt0[:, g:C - g]) * (2.0 * self.inv_dtheta)
         vp = np.abs(self.hvp0[:, g:C - g]) * 2.0 * _host(self.inv_sdp)
-        rate = (vt + vp)[self.interior_rows]
+        rate = (vt + vp)[_host(self.interior_rows)]
         best = float(rate.max()) if rate.size else 0.0
         for i, v in ((self.i_north, self.vface_north), (self.i_south, self.vface_south)):
             if g - 1 <= i <= R - g - 1:
