@@ -89,7 +89,7 @@ def main(argv=None) -> int:
                     summary["phases_s"]["advection"], summary["phases_s"]["diffusion"],
                     summary["phases_s"]["output"])
         if last is not None:
-            logger.info("realization 1: flux + %.4e Mx, - %.4e Mx, axial dipole %.4f G",
+            logger.info("realization 1 at the end: positive flux %.4e Mx, negative flux %.4e Mx, axial dipole %.4f G",
                         last["FLUX_POSITIVE"][0], last["FLUX_NEGATIVE"][0], last["AX_DIPOLE"][0])
         logger.info("output in %s/", config.output.directory)
     model.free()
