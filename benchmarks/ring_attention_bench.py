@@ -150,7 +150,7 @@ def _table(results: list, markdown: bool) -> str:
     for r in results:
         rb = median(r["ring_both"])
         if r["full_both"] is None:
-            full_peak = f"skipped: would need {r['full_need'] / (1 << 30):.1f} GiB"
+            full_peak = f"skipped: would need {r['full_need'] / (1 << 30):.2f} GiB"
         else:
             full_peak = f"{r['full_peak'] / mib:.1f}"
         fb = median(r["full_both"]) if r["full_both"] else None
