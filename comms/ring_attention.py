@@ -177,6 +177,16 @@ class RingAttention:
     block_size : int or None
         Tile length [tokens]; None tiles by whole local segments (``O(L_local**2)`` scores).
 
+    Examples
+    --------
+    ``mpiexec -n 2``, the same global ``(heads, L, d)`` arrays ``Q, K, V, dO`` on every rank::
+
+        attn = RingAttention(MPI.COMM_WORLD, causal=True)
+        part = lambda a: zigzag_split(a, comm.size, comm.rank)   # (heads, L / size, d)
+        out = attn.forward(part(Q), part(K), part(V))
+        dq, dk, dv = attn.backward(part(dO))
+        full_out = zigzag_merge(comm.allgather(out))             # (heads, L, d)
+
     Attributes
     ----------
     stats : dict
