@@ -146,6 +146,14 @@ def _time_cases(comm, kind, nphi, ntheta, nr, layouts, args, xp):
     return out if comm.Get_rank() == 0 else []
 
 
+def _quiet_barrier(comm) -> None:
+    """A barrier that sleeps instead of spinning: ranks left out of a case must not steal its cores
+    (MPICH polls at full speed inside MPI_Barrier)."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.002)
+
+
 def _layouts(k: int, nr: int) -> list:
     out = [("decomposed", {"realization_groups": 1})]
     if k > 1 and nr % k == 0:
@@ -193,7 +201,7 @@ def run(args, markdown: bool = False) -> int:
                             print(f"# {nphi}x{ntheta} r={nr} {kind} {k} ranks {r['layout']}: "
                                   f"{r['seconds'] * 1e3:.1f} ms/step", file=sys.stderr, flush=True)
                         sub.Free()
-                    world.Barrier()
+                    _quiet_barrier(world)
     if rank == 0:
         cmd = command_line(COMMAND, [("--sizes", args.sizes), ("--realizations", args.realizations),
                                      ("--kinds", args.kinds), ("--ratio", args.ratio), ("--samples", args.samples),
