@@ -245,6 +245,8 @@ class Hierarchy:
             raise ValueError(f"Hierarchy: levels, names, ranks_per_node, source and model must be the same on "
                              f"every rank (rank 0: {keys[0]}; {detail})")
         self.layout = self._build_layout(spec, names, ranks_per_node, source, environ)
+        if model is not None and model != "measure":
+            self._check_model(model)  # equal on every rank: the layout is
         L = self.layout.num_levels
         for a in range(L):
             for b in range(a, L):
@@ -267,7 +269,6 @@ class Hierarchy:
             self.model = CostModel.measure(self)
         elif model is not None:
             self.model = model
-            self._check_model(model)
 
     # ----------------------------------------------------------------- construction
 
