@@ -235,8 +235,8 @@ class CostModel:
                 if q < b and all(factors[j] == 1 for j in range(q + 1, b + 1)):
                     members = m / below
                 total[q] += rings * members * sent
-                if members > 0:
-                    busiest[q] = max(busiest[q], sent)
+                if members > 0:  # level q lies in one range only; its calls use the same ring
+                    busiest[q] += sent
         return {self.names[q] if q < len(self.names) else f"level{q}": {"total": total[q], "max": busiest[q]}
                 for q in range(len(factors))}
 
