@@ -104,6 +104,19 @@ def test_flux_conserved_with_every_process_on():
     assert np.all(last["FLUX_POSITIVE"] < first["FLUX_POSITIVE"])  # diffusion cancels flux
 
 
+def test_strang_and_rkl2_agree_with_the_default_scheme():
+    common = dict(initial={"kind": "bipolar"}, time={"end_h": 12.0})
+    f_ref, d_ref, _ = _run(_cfg(**common))
+    f_strang, d_s, _ = _run(_cfg(time={"end_h": 12.0, "strang": True}, initial={"kind": "bipolar"}))
+    f_rkl2, d_l, _ = _run(_cfg(diffusion={"method": "rkl2"}, **common))
+    scale = np.abs(f_ref).max()
+    for f in (f_strang, f_rkl2):
+        assert 0 < np.abs(f - f_ref).max() < 2e-3 * scale
+    for d in (d_s, d_l):
+        net = d["FLUX_POSITIVE"] + d["FLUX_NEGATIVE"]
+        assert abs(net[0]) < 1e-12 * (d["FLUX_POSITIVE"][0] - d["FLUX_NEGATIVE"][0])
+
+
 def test_axial_dipole_of_cos_theta_map():
     for nt, nphi, tol in ((37, 48, 2e-3), (181, 360, 1e-4)):
         grid = SphereGrid(nt, nphi)
