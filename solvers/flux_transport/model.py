@@ -18,7 +18,7 @@ from .flows import FlowModel
 from .grid import KM2_S_TO_RS2_H, KM_S_TO_RS_H, SphereGrid
 from .history import Diagnostics, HistoryWriter
 from .initial import DEFAULT_REGIONS, balance_flux, bipolar_map, dipole_map, real_harmonic, soccer_ball
-from .operators import AdvectionOperator, DiffusionOperator
+from .operators import BLOCK, AdvectionOperator, DiffusionOperator
 from .parallel import GHOST, Domain
 from .timestepping import SAFETY, sts_coefficients, sts_stages, sts_step, ssprk43, subcycles
 
@@ -397,7 +397,8 @@ class FluxTransport:
             if key not in self._coeff_cache:
                 self._coeff_cache[key] = sts_coefficients(s, method)
             for _ in range(n):
-                sts_step(self.xp, self.f, dt / n, self._coeff_cache[key], self._rhs_diffusion, self.work)
+                sts_step(self.xp, self.f, dt / n, self._coeff_cache[key], self._rhs_diffusion, self.work,
+                         block=BLOCK if self.xp is np else 0)
             self.last_stages, self.last_subcycles = s, n
         self.wall_s["diffusion"] += _time.perf_counter() - t0
 
