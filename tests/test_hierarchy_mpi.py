@@ -118,9 +118,13 @@ def test_collectives_match_flat_and_mpi(n, levels, rpn):
     def check(sub):
         rank, size = sub.rank, sub.size
         with _hierarchy(sub, levels, rpn) as h:
-            schedules = ["hierarchical", "flat"] + [list(k) for k in h.layout.all_schedules()]
+            # every schedule as kept levels; the names "hierarchical" and "flat" stand for two of them
+            schedules = [list(k) for k in h.layout.all_schedules()]
+            schedules[0], schedules[-1] = "flat", "hierarchical"
+            assert h.layout.schedule("flat") == h.layout.all_schedules()[0]
+            assert h.layout.schedule("hierarchical") == h.layout.all_schedules()[-1]
             for dtype, op in KINDS:
-                for count in (0, 1, size + 1, 37):
+                for count in (0, size + 1, 37):
                     x = _data(rank, dtype, op, count)
                     ref = np.empty_like(x)
                     sub.Allreduce(x, ref, op=OPS[op])
@@ -431,3 +435,25 @@ def test_floats_agree_with_flat_ring_to_rounding_and_bitwise_across_ranks():
             assert _close(hier, ring, _abs_sum(sub, x), sub.size) and _same_everywhere(sub, hier)
 
     _on_sub(2, check)
+
+
+@pytest.mark.gpu
+@pytest.mark.mpi(min_size=4)
+def test_device_arrays(cupy):
+    """CuPy arrays through every collective (the rings stage or go CUDA-aware as comms.ring decides)."""
+    def check(sub):
+        rank = sub.rank
+        cupy.cuda.Device(rank % cupy.cuda.runtime.getDeviceCount()).use()
+        with Hierarchy(sub, levels=[2]) as h:
+            x = _data(rank, "int64", "sum", 1001)
+            ref = np.empty_like(x)
+            sub.Allreduce(x, ref)
+            counts, displs = ring_blocks(1001, 4)
+            for sched in ("hierarchical", "flat"):
+                y = h.allreduce(cupy.asarray(x), schedule=sched)
+                assert isinstance(y, cupy.ndarray) and np.array_equal(y.get(), ref)
+                rs = h.reduce_scatter(cupy.asarray(x), schedule=sched)
+                assert np.array_equal(rs.get(), ref[displs[rank]:displs[rank] + counts[rank]])
+                assert np.array_equal(h.allgather(rs, schedule=sched).get(), ref)
+
+    _on_sub(4, check)
