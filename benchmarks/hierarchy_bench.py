@@ -389,7 +389,8 @@ def run(args, markdown: bool = False) -> int:
                   "hierarchical faster")
             print("# model: CostModel.measure on this run: " + "; ".join(
                 f"{l['name']}: alpha {l['alpha_s'] * 1e6:.1f} us, {l['bandwidth_Bps'] / 1e9:.2f} GB/s"
-                for l in m["levels"]) + f"; call overhead {m['call_overhead_s'] * 1e6:.0f} us")
+                for l in m["levels"]) + f"; call overhead {m['call_overhead_s'] * 1e6:.0f} us; local reduction "
+                  f"{(m.get('reduce_Bps') or float('nan')) / 1e9:.2f} GB/s")
             print("# top-level bytes: counted by Hierarchy.traffic over the links of the outermost level with more "
                   "than one group (busiest rank, and all ranks)")
             if len([f for f in measured["factors"] if f > 1]) < 2:

@@ -108,11 +108,15 @@ class CostModel:
         Host time of one collective call outside the transfers [s].
     source : str
         Where the numbers come from.
+    reduce_Bps : float or None
+        Local reduction throughput [bytes/s of each operand]: every reducing step also
+        combines ``z`` received bytes with its own; None: free (GPU memory bandwidth).
     """
 
     levels: tuple
     call_overhead_s: float = 0.0
     source: str = ""
+    reduce_Bps: Optional[float] = None
     names: tuple = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -121,6 +125,8 @@ class CostModel:
             raise TypeError("levels: expected a non-empty sequence of LevelCost")
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "names", tuple(l.name for l in levels))
+        if self.reduce_Bps is not None and not self.reduce_Bps > 0:
+            raise ValueError(f"reduce_Bps: expected None or > 0 [bytes/s], got {self.reduce_Bps}")
 
     # ----------------------------------------------------------------- presets
 
@@ -169,24 +175,24 @@ class CostModel:
         return worst
 
     def _calls(self, factors, nbytes: float, collective: str, kept):
-        """``[(a, b, m, phases, bytes per step)]`` of the ring calls of a schedule."""
+        """``[(a, b, m, phases, bytes per step, reducing phases)]`` of the ring calls of a schedule."""
         rngs = [(a, b) for a, b in _ranges(kept) if math.prod(factors[a:b + 1]) > 1]
         calls = []
         c = float(nbytes)
         for k, (a, b) in enumerate(rngs):
             m = math.prod(factors[a:b + 1])
             if collective == "allreduce":
-                calls.append((a, b, m, 2 if k == len(rngs) - 1 else 1, c / m))
+                calls.append((a, b, m, 2 if k == len(rngs) - 1 else 1, c / m, 1))
             elif collective == "reduce_scatter":
-                calls.append((a, b, m, 1, c / m))
+                calls.append((a, b, m, 1, c / m, 1))
             c /= m
         if collective == "allreduce":
-            calls += [(a, b, m, 1, z) for a, b, m, _, z in reversed(calls[:-1])]
+            calls += [(a, b, m, 1, z, 0) for a, b, m, _, z, _ in reversed(calls[:-1])]
         elif collective == "allgather":
             c = float(nbytes)  # nbytes: the gathered result on every rank
             for a, b in rngs:
                 m = math.prod(factors[a:b + 1])
-                calls.append((a, b, m, 1, c / m))
+                calls.append((a, b, m, 1, c / m, 0))
                 c /= m
             calls.reverse()
         return calls
@@ -206,10 +212,12 @@ class CostModel:
             return self.call_overhead_s
         top_alpha = max(self.levels[p].alpha_s for p in range(len(factors)) if factors[p] > 1)
         t = self.call_overhead_s + math.ceil(math.log2(size)) * top_alpha
-        for a, b, m, phases, z in self._calls(factors, nbytes, collective, kept):
+        for a, b, m, phases, z, reducing in self._calls(factors, nbytes, collective, kept):
             alpha = max(self.levels[p].alpha_s for p in range(a, b + 1) if factors[p] > 1)
             t += self.call_overhead_s + math.ceil(math.log2(m)) * alpha
             t += phases * (m - 1) * self.step_time(factors, a, b, z)
+            if self.reduce_Bps:
+                t += reducing * (m - 1) * z / self.reduce_Bps
         return t
 
     def traffic(self, factors, nbytes: float, collective: str = "allreduce", schedule="hierarchical") -> dict:
@@ -224,7 +232,7 @@ class CostModel:
         size = math.prod(factors)
         total = [0.0] * len(factors)
         busiest = [0.0] * len(factors)
-        for a, b, m, phases, z in self._calls(factors, nbytes, collective, kept):
+        for a, b, m, phases, z, _ in self._calls(factors, nbytes, collective, kept):
             sent = phases * (m - 1) * z  # per member
             rings = size // m
             for q in range(a, b + 1):
@@ -264,12 +272,13 @@ class CostModel:
 
     def to_dict(self) -> dict:
         return {"levels": [asdict(l) for l in self.levels], "call_overhead_s": self.call_overhead_s,
-                "source": self.source}
+                "source": self.source, "reduce_Bps": self.reduce_Bps}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CostModel":
+        reduce_Bps = data.get("reduce_Bps")
         return cls(tuple(LevelCost(**l) for l in data["levels"]), call_overhead_s=float(data.get("call_overhead_s", 0)),
-                   source=str(data.get("source", "")))
+                   source=str(data.get("source", "")), reduce_Bps=None if reduce_Bps is None else float(reduce_Bps))
 
     def save(self, path) -> None:
         """Write as JSON. Not collective (call it on one rank)."""
@@ -286,7 +295,7 @@ class CostModel:
     # ----------------------------------------------------------------- measurement
 
     @classmethod
-    def measure(cls, hierarchy, small_nbytes: int = 8, large_nbytes: int = 1 << 20, repeat: int = 7) -> "CostModel":
+    def measure(cls, hierarchy, small_nbytes: int = 8, large_nbytes: int = 4 << 20, repeat: int = 7) -> "CostModel":
         """Measure latency and bandwidth of every level of ``hierarchy`` on this machine.
 
         Collective on ``hierarchy.comm``. For each level, every rank exchanges messages with
@@ -294,7 +303,9 @@ class CostModel:
         once, as a ring step runs), ``small_nbytes`` and ``large_nbytes``; the slowest rank's
         median per step gives ``alpha_s`` (small) and ``bandwidth_Bps`` (the large message's
         extra time). ``call_overhead_s`` is the median time of an empty ring allreduce on
-        ``MPI.COMM_SELF`` (the host cost of one call). The result is equal on every rank.
+        ``MPI.COMM_SELF`` (the host cost of one call); ``reduce_Bps`` from ``numpy.add`` of two
+        ``large_nbytes`` float64 arrays while every rank does the same. The result is equal on
+        every rank.
         Levels of one rank per group are given the values of the level above them.
         """
         from mpi4py import MPI
@@ -337,12 +348,22 @@ class CostModel:
             if k >= 2:
                 samples.append(time.perf_counter() - t0)
         overhead = comm.allreduce(float(np.median(samples)), op=MPI.MAX)
+        a = np.ones(max(1, large_nbytes // 8))
+        b, c = a.copy(), np.empty_like(a)
+        samples = []
+        for k in range(repeat + 2):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            np.add(a, b, out=c)
+            if k >= 2:
+                samples.append(time.perf_counter() - t0)
+        reduce_Bps = a.nbytes / comm.allreduce(float(np.median(samples)), op=MPI.MAX)
         fill = next((m for m in measured if m is not None), (1e-6, 1e9))
         for i in range(L - 1, -1, -1):
             if measured[i] is None:
                 measured[i] = measured[i + 1] if i + 1 < L and measured[i + 1] is not None else fill
         levels = tuple(LevelCost(lay.names[i], measured[i][0], measured[i][1]) for i in range(L))
         host = MPI.Get_processor_name()
-        return cls(levels, call_overhead_s=overhead,
+        return cls(levels, call_overhead_s=overhead, reduce_Bps=reduce_Bps,
                    source=f"measured on {host} with {comm.Get_size()} ranks, levels "
                           f"{[(l.name, l.size) for l in lay.levels]}")

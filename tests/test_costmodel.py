@@ -172,3 +172,17 @@ def test_model_traffic_equals_counted_traffic_8():
     if MPI.COMM_WORLD.size != 8:
         pytest.skip("exactly 8 ranks")
     _check_counts_match_model([2, 4], 8 * 8 * 16)
+
+
+def test_local_reduction_term():
+    """Each reducing step also combines z bytes locally; gathers do not."""
+    n = 8 * MiB
+    base = uniform()
+    slow = CostModel(base.levels, reduce_Bps=2e9)
+    assert slow.predict((2, 2), n, "allreduce", "flat") - base.predict((2, 2), n, "allreduce", "flat") == \
+        pytest.approx(3 * (n / 4) / 2e9)
+    assert slow.predict((2, 2), n, "reduce_scatter", (0, 1)) - base.predict((2, 2), n, "reduce_scatter", (0, 1)) == \
+        pytest.approx((n / 2 + n / 4) / 2e9)  # blocks of n/2 in pairs, then n/4 between pairs
+    assert slow.predict((2, 2), n, "allgather") == base.predict((2, 2), n, "allgather")
+    with pytest.raises(ValueError, match="reduce_Bps"):
+        CostModel(base.levels, reduce_Bps=0.0)
