@@ -22,7 +22,6 @@ gradient reduce-scatter). ``--plot PATH`` writes the allreduce times as a PNG.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -194,8 +193,8 @@ MEASURED_COLUMNS = [
     Column("collective", left=True), Column("size/rank", left=True), Column("flat ring us", ".0f"),
     Column("hier us", ".0f"), Column("MPI us", ".0f"), Column("flat/hier", ".2f"), Column("MPI/hier", ".2f"),
     Column("model flat us", ".0f"), Column("model hier us", ".0f"), Column("model pick", left=True),
-    Column("top-level KiB/rank flat", ".1f"), Column("hier", ".1f"), Column("top-level KiB total flat", ".1f"),
-    Column("hier ", ".1f"),
+    Column("top KiB/rank flat", ".1f"), Column("top KiB/rank hier", ".1f"), Column("top KiB all flat", ".1f"),
+    Column("top KiB all hier", ".1f"),
 ]
 
 
@@ -308,16 +307,16 @@ def plot(rows, path: str) -> None:
 MODEL_COLUMNS = [
     Column("size/GCD", left=True), Column("nodes", "d"), Column("GCDs", "d"), Column("flat ms", ".2f"),
     Column("2-level ms", ".2f"), Column("3-level ms", ".2f"), Column("flat/3-level", ".2f"),
-    Column("2-level/3-level", ".2f"), Column("pick", left=True), Column("inter-node MiB/GCD flat", ".1f"),
-    Column("2-level", ".1f"), Column("3-level", ".1f"), Column("inter-node MiB/node flat", ".1f"),
-    Column("3-level ", ".1f"),
+    Column("2-level/3-level", ".2f"), Column("pick", left=True), Column("MiB/GCD off-node flat", ".1f"),
+    Column("2-level", ".1f"), Column("3-level", ".1f"), Column("MiB/node off-node flat", ".1f"),
+    Column("MiB/node 3-level", ".1f"),
 ]
 
 TRAIN_COLUMNS = [
     Column("nodes", "d"), Column("ZeRO-3 s", ".3f"), Column("hpZ s", ".3f"), Column("3-level s", ".3f"),
     Column("ZeRO-3/3-level", ".2f"), Column("hpZ/3-level", ".2f"), Column("bwd gather ZeRO-3 ms", ".1f"),
     Column("hpZ ms", ".1f"), Column("3-level ms", ".1f"), Column("params GiB/GCD ZeRO-3", ".2f"),
-    Column("hpZ", ".2f"), Column("3-level", ".2f"),
+    Column("GiB/GCD hpZ", ".2f"), Column("GiB/GCD 3-level", ".2f"),
 ]
 
 
@@ -391,8 +390,8 @@ def run(args, markdown: bool = False) -> int:
                 f"{l['name']}: alpha {l['alpha_s'] * 1e6:.1f} us, {l['bandwidth_Bps'] / 1e9:.2f} GB/s"
                 for l in m["levels"]) + f"; call overhead {m['call_overhead_s'] * 1e6:.0f} us; local reduction "
                   f"{(m.get('reduce_Bps') or float('nan')) / 1e9:.2f} GB/s")
-            print("# top-level bytes: counted by Hierarchy.traffic over the links of the outermost level with more "
-                  "than one group (busiest rank, and all ranks)")
+            print("# top KiB: bytes over the links of the outermost level with more than one group, counted by "
+                  "Hierarchy.traffic for one call of each schedule (busiest rank, and all ranks together)")
             if len([f for f in measured["factors"] if f > 1]) < 2:
                 print("# NOTE: with these levels only one level has more than one group: the hierarchical schedule is "
                       "one ring, and its difference to the flat ring is the Hierarchy's own overhead")
@@ -405,7 +404,7 @@ def run(args, markdown: bool = False) -> int:
             print("# modelled: CostModel.frontier() (peak link figures; see comms.costmodel.FRONTIER_SOURCES): "
                   "GCD pair 200 GB/s, node 50 GB/s, inter-node 25 GB/s per NIC, 4 NICs per node; ring algorithms only")
             print("# 2-level = node/world (the 8 GCDs of a node as one ring), 3-level = gcd_pair/node/world; "
-                  "inter-node MiB: bytes one GCD (busiest) and one node send to other nodes per allreduce")
+                  "off-node MiB: bytes one GCD (the busiest) and one node send to other nodes per allreduce")
             print()
             print(format_table(MODEL_COLUMNS, _model_rows(model_rows), markdown=markdown))
             print()
