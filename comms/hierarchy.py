@@ -574,7 +574,8 @@ class Hierarchy:
         return result
 
     def _scatter_plan(self, kept, top, count: int):
-        """(group members, flat index fn, order, counts, padded block or 0) for a reduce-scatter."""
+        """(group members, flat index fn, order, counts, padded block or 0, order is the flat order)
+        for a reduce-scatter; cached per (schedule, level, count)."""
         key = (kept, top, count)
         plan = self._plans.get(key)
         if plan is None:
@@ -587,7 +588,8 @@ class Hierarchy:
             counts, _ = ring_blocks(count, len(members))
             order = lay.order(kept, members)
             pad = 0 if lay.scatter_exact(kept, members, counts, flat_index) else max(counts)
-            plan = (members, flat_index, order, counts, pad)
+            identity = order == sorted(order, key=flat_index)
+            plan = (members, flat_index, order, counts, pad, identity)
             if len(self._plans) > 64:
                 self._plans.clear()
             self._plans[key] = plan
@@ -613,12 +615,12 @@ class Hierarchy:
         xp = array_module(x)
         src = _flat(x)
         itemsize = x.dtype.itemsize
-        members, flat_index, order, counts, pad = self._scatter_plan(kept, top, int(src.size))
+        members, flat_index, order, counts, pad, identity = self._scatter_plan(kept, top, int(src.size))
         _, displs = ring_blocks(int(src.size), len(members))
         rngs = [(a, b) for a, b in self.layout.ranges(kept) if self.layout.factor(a, b) > 1]
         if not rngs:
             return src.copy()
-        if order == sorted(order, key=flat_index) and not pad:
+        if identity and not pad:
             buf = src
         else:
             buf = xp.zeros(pad * len(members), dtype=src.dtype) if pad else xp.empty(src.size, dtype=src.dtype)

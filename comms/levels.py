@@ -280,8 +280,12 @@ class Layout:
 
     def keys(self, kept: Sequence[int], k: int) -> list:
         """Per rank: its positions in the ranges ``0..k`` of schedule ``kept`` (a tuple)."""
-        rngs = self.ranges(kept)[:k + 1]
-        return [tuple(self.position(r, a, b) for a, b in rngs) for r in range(self.size)]
+        key = ("keys", tuple(kept), k)
+        out = self._pos.get(key)
+        if out is None:
+            rngs = self.ranges(kept)[:k + 1]
+            out = self._pos[key] = [tuple(self.position(r, a, b) for a, b in rngs) for r in range(self.size)]
+        return out
 
     def scatter_exact(self, kept: Sequence[int], group_members: Sequence[int], counts: Sequence[int],
                       flat_index) -> bool:
@@ -293,13 +297,14 @@ class Layout:
             start[r] = pos
             pos += counts[flat_index(r)]
         total = pos
+        blocks: dict = {}  # few distinct (length, m): memoized
         for r in group_members:
             lo, length = 0, total
             for a, b in self.ranges(kept):
                 m = self.factor(a, b)
                 if m == 1:
                     continue
-                cs, ds = ring_blocks(length, m)
+                cs, ds = blocks.get((length, m)) or blocks.setdefault((length, m), ring_blocks(length, m))
                 p = self.position(r, a, b)
                 lo, length = lo + ds[p], cs[p]
             if lo != start[r] or length != counts[flat_index(r)]:
