@@ -196,16 +196,17 @@ def measure_overlap(comm, nbytes: int, dtype, samples: int, slice_us: float, rin
         reps = max(reps + 1, int(slice_us * 1e-6 / per))
     reps = comm.allreduce(reps, op=MPI.MAX)
 
-    in_test = [0.0]
+    in_test = [0.0, 0.0]  # wall and CPU (thread) time inside test()
 
     def compute(n_slices, between=None):
         for _ in range(n_slices):
             for _ in range(reps):
                 _compute_slice(work)
             if between is not None:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 between()
                 in_test[0] += time.perf_counter() - t
+                in_test[1] += time.thread_time() - c
 
     def ring_start():
         return ring_allreduce_start(comm, x, MPI.SUM, out=out, **ring_kw)
@@ -235,7 +236,7 @@ def measure_overlap(comm, nbytes: int, dtype, samples: int, slice_us: float, rin
             one.append(time.perf_counter() - t0)
         slice_s = comm.allreduce(median(one), op=MPI.MAX)
         n_slices = comm.allreduce(max(1, int(np.ceil(t_pure / max(slice_s, 1e-9)))), op=MPI.MAX)
-        comp, total, tests = [], [], []
+        comp, total, tests, cpu = [], [], [], []
         pure = []
         for _ in range(samples):  # pure, compute, total back to back: one overlap per round
             comm.Barrier()
@@ -247,17 +248,18 @@ def measure_overlap(comm, nbytes: int, dtype, samples: int, slice_us: float, rin
             compute(n_slices)
             comp.append(time.perf_counter() - t0)
             comm.Barrier()
-            in_test[0] = 0.0
-            t0 = time.perf_counter()
+            in_test[0] = in_test[1] = 0.0
+            t0, c0 = time.perf_counter(), time.thread_time()
             req = start()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             compute(n_slices, lambda: test(req))
             t2 = time.perf_counter()
             wait(req)
             t3 = time.perf_counter()
             total.append(t3 - t0)
             tests.append(in_test[0] + (t1 - t0) + (t3 - t2))
-        slow = _slowest(comm, {"pure": pure, "compute": comp, "total": total, "in_comm": tests})
+            cpu.append(in_test[1] + (c1 - c0))
+        slow = _slowest(comm, {"pure": pure, "compute": comp, "total": total, "in_comm": tests, "cpu": cpu})
         result[name] = dict(slow, slices=n_slices, slice_s=slice_s)
     return result
 
@@ -295,14 +297,15 @@ def _size_table(results: dict, dtype, op: str, nranks: int, markdown: bool) -> s
 def _overlap_table(overlap: dict, markdown: bool) -> str:
     cols = [Column("size [B]", "d"), Column("impl", left=True), Column("pure comm [us]", ".1f"),
             Column("compute [us]", ".1f"), Column("total [us]", ".1f"), Column("test() calls", "d"),
-            Column("in start/test/wait [us]", ".1f"), Column("overlap [%]", ".1f")]
+            Column("in start/test/wait [us]", ".1f"), Column("CPU in start+test [us]", ".1f"),
+            Column("overlap [%]", ".1f")]
     rows = []
     for nbytes, per in overlap.items():
         for name in ("ring", "MPI"):
             r = per[name]
             rows.append([nbytes, "ring test()" if name == "ring" else "MPI_Iallreduce + Test", median(r["pure"]) * 1e6,
                          median(r["compute"]) * 1e6, median(r["total"]) * 1e6, r["slices"],
-                         median(r["in_comm"]) * 1e6, overlap_percent(r)])
+                         median(r["in_comm"]) * 1e6, median(r["cpu"]) * 1e6, overlap_percent(r)])
     return format_table(cols, rows, markdown=markdown)
 
 
@@ -360,7 +363,9 @@ def run(args, markdown: bool = False) -> int:
                   "(enough slices to last the pure comm time), one test() per slice; "
                   "overlap = median over rounds of max(0, 1 - (total - compute) / pure) * 100 (the three times of a "
                   "round back to back); 'in start/test/wait' = time the rank "
-                  "spent inside the communication calls during 'total' (copies and reductions it does itself)")
+                  "spent inside the communication calls during 'total' (copies and reductions it does itself); 'CPU in "
+                  "start+test': this thread's CPU time in start() and the test() calls (not the final wait): work "
+                  "no compute can hide on the same core")
             print(_overlap_table(overlap, markdown))
         print(f"\n# {time.perf_counter() - t_start:.0f} s. Reproduce: {cmd}")
         if args.json:
