@@ -51,21 +51,23 @@ class Diagnostics:
         sin2[pole] = 0.0
         phi = grid.phi[cols]
         c = 2.0 * math.sin(0.5 * grid.dphi)
-        self.area = area[:, None, None]
-        self.cos_w = cos_w[:, None, None]
-        self.ex_w = (sin2[:, None] * (c * np.cos(phi))[None, :])[:, :, None]
-        self.ey_w = (sin2[:, None] * (c * np.sin(phi))[None, :])[:, :, None]
         limit = math.radians(90.0 - polar_latitude_deg)
-        self.north = (theta <= limit + 1e-12)[:, None, None]
-        self.south = (theta >= math.pi - limit - 1e-12)[:, None, None]
+        north = (theta <= limit + 1e-12).astype(np.float64)
+        south = (theta >= math.pi - limit - 1e-12).astype(np.float64)
+        ones = np.ones(phi.size)
+        # cell weights, cells in (row, column) order: flux weights and dipole weights
+        self.flux_w = np.stack([np.outer(area, ones).ravel(), np.outer(area * north, ones).ravel(),
+                                np.outer(area * south, ones).ravel()], axis=1)
+        self.dip_w = np.stack([np.outer(sin2, c * np.cos(phi)).ravel(), np.outer(sin2, c * np.sin(phi)).ravel(),
+                               np.outer(cos_w, ones).ravel()], axis=1)
+        self.polar_area = (float(self.flux_w[:, 1].sum()), float(self.flux_w[:, 2].sum()))
         self._dev = None
 
     def _weights(self, xp):
         if xp is np:
-            return self.area, self.cos_w, self.ex_w, self.ey_w, self.north, self.south
+            return self.flux_w, self.dip_w
         if self._dev is None:
-            self._dev = tuple(xp.asarray(w) for w in (self.area, self.cos_w, self.ex_w, self.ey_w, self.north,
-                                                       self.south))
+            self._dev = (xp.asarray(self.flux_w), xp.asarray(self.dip_w))
         return self._dev
 
     def compute(self, f_interior, exact=None) -> dict:
@@ -79,40 +81,35 @@ class Diagnostics:
         from hpcore.arrays import array_module
 
         xp = array_module(f_interior)
-        area, cos_w, ex_w, ey_w, north, south = self._weights(xp)
-        f = f_interior
-        pos = xp.where(f > 0, f, 0.0)
-        neg = xp.where(f < 0, f, 0.0)
-        fa_p = pos * area
-        fa_m = neg * area
-        nr = f.shape[-1]
-        sums = xp.stack([
-            fa_p.sum(axis=(0, 1)), fa_m.sum(axis=(0, 1)),
-            (fa_p * north).sum(axis=(0, 1)), (fa_m * north).sum(axis=(0, 1)),
-            (fa_p * south).sum(axis=(0, 1)), (fa_m * south).sum(axis=(0, 1)),
-            xp.broadcast_to((area * north).sum() * f.shape[1], (nr,)),
-            xp.broadcast_to((area * south).sum() * f.shape[1], (nr,)),
-            (f * ex_w).sum(axis=(0, 1)), (f * ey_w).sum(axis=(0, 1)), (f * cos_w).sum(axis=(0, 1)),
-        ])
+        flux_w, dip_w = self._weights(xp)
+        nr = f_interior.shape[-1]
+        f = xp.ascontiguousarray(xp.moveaxis(f_interior, -1, 0).reshape(nr, -1))  # (nr, cells)
+        sp = xp.maximum(f, 0.0) @ flux_w  # (nr, 3): all, north, south
+        sm = xp.minimum(f, 0.0) @ flux_w
+        sd = f @ dip_w  # (nr, 3): x, y, axial
+        parts = [sp.T, sm.T, sd.T]
         if exact is not None:
-            err = xp.stack([((f - exact) ** 2).sum(axis=(0, 1)), (xp.abs(f) * xp.abs(exact)).sum(axis=(0, 1))])
-            sums = xp.concatenate([sums, err])
-        sums = np.ascontiguousarray(sums.get() if hasattr(sums, "get") else sums, dtype=np.float64)
-        mins = np.stack([_host(f.min(axis=(0, 1))), _host(xp.abs(f).min(axis=(0, 1)))]).astype(np.float64)
-        maxs = np.ascontiguousarray(_host(f.max(axis=(0, 1))), dtype=np.float64)
+            e = xp.ascontiguousarray(xp.moveaxis(exact, -1, 0).reshape(nr, -1))
+            parts.append(xp.stack([((f - e) ** 2).sum(axis=1), (xp.abs(f) * xp.abs(e)).sum(axis=1)]))
+        sums = xp.concatenate(parts, axis=0)
+        area = np.array([[self.polar_area[0]] * nr, [self.polar_area[1]] * nr])
+        sums = np.concatenate([_host(sums).astype(np.float64), area])
+        mins = np.stack([_host(f.min(axis=1)), _host(xp.abs(f).min(axis=1))]).astype(np.float64)
+        maxs = np.ascontiguousarray(_host(f.max(axis=1)), dtype=np.float64)
         comm = self.domain.decomp.comm
         comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
         comm.Allreduce(MPI.IN_PLACE, mins, op=MPI.MIN)
         comm.Allreduce(MPI.IN_PLACE, maxs, op=MPI.MAX)
+        area = sums[-2:]
         k = 3.0 / (4.0 * math.pi)
         out = {
             "BR_MIN": mins[0], "BR_MAX": maxs, "BR_ABS_MIN": mins[1],
-            "FLUX_POSITIVE": RSUN_CM2 * sums[0], "FLUX_NEGATIVE": RSUN_CM2 * sums[1],
-            "NPOLE_FLUX_POSITIVE": RSUN_CM2 * sums[2], "NPOLE_FLUX_NEGATIVE": RSUN_CM2 * sums[3],
-            "SPOLE_FLUX_POSITIVE": RSUN_CM2 * sums[4], "SPOLE_FLUX_NEGATIVE": RSUN_CM2 * sums[5],
-            "NPOLE_AREA": RSUN_CM2 * sums[6], "SPOLE_AREA": RSUN_CM2 * sums[7],
-            "EQ_DIPOLE": k * np.sqrt(sums[8] ** 2 + sums[9] ** 2), "AX_DIPOLE": k * sums[10],
-            "VALIDATION_ERR_CVRMSD": (np.sqrt(sums[11] / np.where(sums[12] > 0, sums[12], 1.0))
+            "FLUX_POSITIVE": RSUN_CM2 * sums[0], "FLUX_NEGATIVE": RSUN_CM2 * sums[3],
+            "NPOLE_FLUX_POSITIVE": RSUN_CM2 * sums[1], "NPOLE_FLUX_NEGATIVE": RSUN_CM2 * sums[4],
+            "SPOLE_FLUX_POSITIVE": RSUN_CM2 * sums[2], "SPOLE_FLUX_NEGATIVE": RSUN_CM2 * sums[5],
+            "NPOLE_AREA": RSUN_CM2 * area[0], "SPOLE_AREA": RSUN_CM2 * area[1],
+            "EQ_DIPOLE": k * np.sqrt(sums[6] ** 2 + sums[7] ** 2), "AX_DIPOLE": k * sums[8],
+            "VALIDATION_ERR_CVRMSD": (np.sqrt(sums[9] / np.where(sums[10] > 0, sums[10], 1.0))
                                       if exact is not None else np.zeros(nr)),
         }
         return out
