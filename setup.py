@@ -13,6 +13,7 @@ setup(
     # mpi4py is required; it builds against the MPI found by `mpicc` (the supercomputer case)
     # unless the `mpich` extra brings a wheel MPI for machines that have none.
     install_requires=["mpi4py>=4.0", "numpy>=1.23", "h5py>=3.0"],
+    package_data={"solvers.flux_transport": ["default.toml"]},
     extras_require={
         "mpich": ["mpich>=4.2"],
         "gpu": ["cupy-cuda12x>=13"],
