@@ -3,8 +3,9 @@
 Every size is checked first: each implementation's result is compared element by
 element with ``MPI_Allreduce`` (integer-valued data, so sums are exact: ``#wrong`` must
 be 0) and across ranks (bit-identical). Then each implementation runs ``iters``
-back-to-back calls per sample, samples interleaved (ring, MPI, naive, ring, ...),
-barrier before each sample; a sample's time is the slowest rank's time per call.
+back-to-back calls per sample after one untimed call and a barrier, samples interleaved
+in a rotating order (ring, MPI, naive; MPI, naive, ring; ...: the one that runs after
+Reduce + Bcast is measurably slower); a sample's time is the slowest rank's time per call.
 algbw = size / time, busbw = algbw * 2(n-1)/n (nccl-tests' allreduce bus bandwidth).
 
 Overlap, as OSU's non-blocking collective benchmarks define it: ``t_pure`` is start +
@@ -148,8 +149,13 @@ def measure_sizes(comm, sizes, dtype, op: str, samples: int, ring_kw: dict) -> d
         for fn in impls.values():  # warm-up
             fn()
         raw = {name: [] for name in impls}
-        for _ in range(samples):
-            for name, fn in impls.items():
+        names = list(impls)
+        for i in range(samples):
+            # rotate the order, so each implementation follows each other one equally often,
+            # and give each one untimed call first (its own buffers in cache, ranks in step)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                fn = impls[name]
+                fn()
                 comm.Barrier()
                 t0 = time.perf_counter()
                 for _ in range(iters):
@@ -350,8 +356,9 @@ def run(args, markdown: bool = False) -> int:
         print(f"# ring chunk: {'automatic (1/8 of a block, 1-4 MiB)' if chunk is None else f'{chunk} B'}; "
               f"e.g. {chunk_elements(chunk, (16 << 20) // size // dtype.itemsize, dtype.itemsize) * dtype.itemsize} "
               "B at 16 MiB")
-        print(f"# time: median over {args.samples} interleaved samples of the slowest rank's time per call "
-              "(iters back-to-back calls per sample, barrier before each sample); ratios > 1: slower than MPI")
+        print(f"# time: median over {args.samples} interleaved samples (order rotated each round) of the slowest "
+              "rank's time per call (iters back-to-back calls per sample after one untimed call and a barrier); "
+              "ratios > 1: slower than MPI")
         print(f"# busbw = algbw * 2(n-1)/n = algbw * {2 * (size - 1) / size:.3f}; "
               "#wrong: elements differing from MPI_Allreduce (integer-valued data: exact)")
         print()
