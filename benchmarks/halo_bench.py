@@ -231,14 +231,21 @@ def _case(world, PETSc, n: int, g: int, stencil: str, nfields: int, args, xp=np,
     out = {"n": n, "ghost": g, "stencil": stencil, "fields": nfields, "dims": dims}
     with CartDecomposition(world, shape, periodic=True, dims=dims) as d:
         with HaloExchange(d, ghost=g, stencil=stencil, **(halo_kwargs or {})) as h:
-            fields = []
-            for k in range(nfields):
-                f = np.empty(h.full_shape)
-                _fill(f, d, g, k)
-                fields.append(xp.asarray(f))
-            h.exchange(*fields)
-            for k, f in enumerate(fields):
-                _verify(f, d, g, k, stencil, "HaloExchange")
+            def filled(xp_):
+                out_ = []
+                for k in range(nfields):
+                    f = np.empty(h.full_shape)
+                    _fill(f, d, g, k)
+                    out_.append(xp_.asarray(f))
+                return out_
+
+            def verified(name, exchange, flds):
+                exchange()
+                for k, f in enumerate(flds):
+                    _verify(f, d, g, k, stencil, name)
+
+            fields = filled(xp)
+            verified("HaloExchange", lambda: h.exchange(*fields), fields)
             out["method"] = "pack" if xp is not np else h.method
             nbytes = world.allreduce(h.bytes_per_exchange(*fields)["filled"])
             out["ghost_bytes"] = nbytes
@@ -246,28 +253,13 @@ def _case(world, PETSc, n: int, g: int, stencil: str, nfields: int, args, xp=np,
             sync = None
             peers = []
             if xp is np:
-                naive_fields = []
-                for k in range(nfields):
-                    f = np.empty(h.full_shape)
-                    _fill(f, d, g, k)
-                    naive_fields.append(f)
-                naive = MpiSubarray(h, naive_fields)
-                naive()
-                for k, f in enumerate(naive_fields):
-                    _verify(f, d, g, k, stencil, "mpi4py Sendrecv")
-                ops["mpi4py"] = naive
-                peers.append(naive)
-                nbr_fields = []
-                for k in range(nfields):
-                    f = np.empty(h.full_shape)
-                    _fill(f, d, g, k)
-                    nbr_fields.append(f)
-                nbr = NeighborAlltoallw(h, nbr_fields)
-                nbr()
-                for k, f in enumerate(nbr_fields):
-                    _verify(f, d, g, k, stencil, "Neighbor_alltoallw")
-                ops["neighbor"] = nbr
-                peers.append(nbr)
+                for key, name, cls in (("mpi4py", "mpi4py Sendrecv", MpiSubarray),
+                                       ("neighbor", "Neighbor_alltoallw", NeighborAlltoallw)):
+                    flds = filled(np)
+                    peer = cls(h, flds)
+                    peers.append(peer)
+                    verified(name, peer, flds)
+                    ops[key] = peer
                 if PETSc is not None:
                     da = PetscDMDA(PETSc, d.comm, shape, dims, g, stencil, nfields)
                     ops["petsc_g2l"] = da.global_to_local

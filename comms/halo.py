@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -80,18 +80,15 @@ class _DatatypePlan(_Plan):
         self.requests = []
         comm = halo.comm
         regions = [halo._regions(f.shape, f.dtype.itemsize) for f in fields]
-        for j, (off, dest, tag) in enumerate(halo.sends):
-            addrs = [self.hdr_send.ctypes.data + 8 * j] + [f.ctypes.data for f in fields]
-            types = [MPI.INT64_T] + [reg["send"][off].datatype for reg in regions]
-            t = MPI.Datatype.Create_struct([1] * len(types), addrs, types).Commit()
-            self.types.append(t)
-            self.requests.append(comm.Send_init([MPI.BOTTOM, 1, t], dest, tag))
-        for j, (off, src, tag) in enumerate(halo.recvs):
-            addrs = [self.hdr_recv.ctypes.data + 8 * j] + [f.ctypes.data for f in fields]
-            types = [MPI.INT64_T] + [reg["recv"][off].datatype for reg in regions]
-            t = MPI.Datatype.Create_struct([1] * len(types), addrs, types).Commit()
-            self.types.append(t)
-            self.requests.append(comm.Recv_init([MPI.BOTTOM, 1, t], src, tag))
+        for side, lst, hdr, init in (("send", halo.sends, self.hdr_send, comm.Send_init),
+                                     ("recv", halo.recvs, self.hdr_recv, comm.Recv_init)):
+            for j, (offs, peer, tag) in enumerate(lst):
+                # signature, then field by field the regions of every direction to/from `peer`
+                addrs = [hdr.ctypes.data + 8 * j] + [f.ctypes.data for f in fields for _ in offs]
+                types = [MPI.INT64_T] + [reg[side][off].datatype for reg in regions for off in offs]
+                t = MPI.Datatype.Create_struct([1] * len(types), addrs, types).Commit()
+                self.types.append(t)
+                self.requests.append(init([MPI.BOTTOM, 1, t], peer, tag))
 
     def start(self, fields) -> None:
         from mpi4py import MPI
@@ -155,21 +152,21 @@ class _PackPlan(_Plan):
             offsets = [len(lst) * 8]
             per_dir_pos = []
             ftypes = []
+            order = [off for offs, _, _ in lst for off in offs]  # each peer's regions adjacent
             for reg in regions:
-                cts = [reg[side + "_ct"][off] for off, _, _ in lst]
-                pos, total = _segments(cts)
-                ftypes.append(self._combined([reg[side][off].datatype for off, _, _ in lst]))
-                per_dir_pos.append(pos)
+                pos, total = _segments([reg[side + "_ct"][off] for off in order])
+                ftypes.append(self._combined([reg[side][off].datatype for off in order]))
+                per_dir_pos.append(dict(zip(order, pos)))
                 offsets.append(_round8(offsets[-1] + total))
             self.field_types[side] = ftypes
-            # per direction: [(displacement, length)] blocks over the staging buffer
+            # per peer: [(displacement, length)] blocks over the staging buffer
             blocks = []
-            for j, (off, _, _) in enumerate(lst):
+            for j, (offs, _, _) in enumerate(lst):
                 b = [(8 * j, 8)]
                 for k, reg in enumerate(regions):
-                    n = reg[side + "_ct"][off].size
+                    n = sum(reg[side + "_ct"][off].size for off in offs)
                     if n:
-                        b.append((offsets[k] + per_dir_pos[k][j], n))
+                        b.append((offsets[k] + per_dir_pos[k][offs[0]], n))
                 blocks.append(b)
             layout[side] = (offsets, blocks)
         self.offsets = {s: layout[s][0] for s in layout}
@@ -321,14 +318,15 @@ class HaloHandle:
         hdr = plan.receive()
         if hdr.tobytes() != plan.expected:
             bad = [(halo.recvs[j], int(h)) for j, h in enumerate(hdr) if h != plan.sig]
-            (off, src, _), value = bad[0]
-            others = f" (and {len(bad) - 1} more directions)" if len(bad) > 1 else ""
+            (offs, src, _), value = bad[0]
+            off = tuple(-o for o in offs[0])
+            others = f" (and {len(bad) - 1} more neighbours)" if len(bad) > 1 else ""
             if value == POISON:
                 raise HaloMismatchError(
-                    f"{halo._prefix()}halo exchange: neighbour rank {src} (offset {tuple(-o for o in off)}) "
+                    f"{halo._prefix()}halo exchange: neighbour rank {src} (offset {off}) "
                     f"had invalid fields for this exchange and raised an error; see rank {src}'s message{others}")
             raise HaloMismatchError(
-                f"{halo._prefix()}halo exchange: neighbour rank {src} (offset {tuple(-o for o in off)}) passed "
+                f"{halo._prefix()}halo exchange: neighbour rank {src} (offset {off}) passed "
                 f"fields that differ from this rank's in number, dtype or component axes{others}")
         plan.finish(self._fields)
 
@@ -395,7 +393,6 @@ class HaloExchange:
         self.ghost, self.stencil, _ = args
         self.full_shape = tuple(n + 2 * x for n, x in zip(d.local_shape, self.ghost))
         self.directions = halo_directions(self.ghost, stencil)
-        tag_of = {off: _tag(off) for off in self.directions}
         # A message travelling in direction `off` goes to neighbor(off); this rank
         # receives the one travelling in `off` from neighbor(-off).
         # Directions whose neighbour is this rank itself (periodic axes with one process)
@@ -403,10 +400,12 @@ class HaloExchange:
         me = d.rank
         self.self_copies = [(self._slices(tuple(-o for o in off), "recv"), self._slices(off, "send"))
                             for off in self.directions if d.neighbor(off) == me]
-        self.sends = [(off, d.neighbor(off), tag_of[off]) for off in self.directions
-                      if d.neighbor(off) not in (None, me)]
-        self.recvs = [(off, d.neighbor(tuple(-o for o in off)), tag_of[off]) for off in self.directions
-                      if d.neighbor(tuple(-o for o in off)) not in (None, me)]
+        # One message per neighbour rank and round (as PETSc's SF does): the regions of
+        # every direction that rank lies in, in direction order. The receiver lists the
+        # same directions in the same order, since the message travelling in `off` comes
+        # from neighbor(-off). Entries are (directions, peer rank, tag).
+        self.sends = _by_peer([(off, d.neighbor(off)) for off in self.directions], me)
+        self.recvs = _by_peer([(off, d.neighbor(tuple(-o for o in off))) for off in self.directions], me)
         self._region_cache: dict = {}
         self._plans: OrderedDict = OrderedDict()
         self._staging = None
@@ -444,7 +443,7 @@ class HaloExchange:
                                                     strides=_c_strides(shape, itemsize))
             got = {"send": {}, "recv": {}, "send_ct": {}, "recv_ct": {}}
             for side, lst in (("send", self.sends), ("recv", self.recvs)):
-                for off, _, _ in lst:
+                for off in (o for offs, _, _ in lst for o in offs):
                     where = off if side == "send" else tuple(-o for o in off)
                     ct = from_view(proto[self._slices(where, side)], base=proto)
                     got[side + "_ct"][off] = ct
@@ -637,11 +636,18 @@ class HaloExchange:
             copied += cells * int(np.prod(f.shape[self.decomposition.ndim:], dtype=np.int64)) * f.dtype.itemsize
         return {"sent": sent, "received": recv, "copied": copied, "filled": recv + copied}
 
-def _tag(off: Sequence[int]) -> int:
-    t = 0
-    for o in off:
-        t = 3 * t + (o + 1)
-    return t
+HALO_TAG = 7
+"""Tag of halo messages on the decomposition's own communicator (one message per peer and round)."""
+
+
+def _by_peer(pairs, me: int) -> list:
+    """Group ``(direction, rank)`` pairs by rank (other than ``me`` and None), first-seen order:
+    ``[(directions, rank, tag)]``."""
+    groups: dict = {}
+    for off, peer in pairs:
+        if peer is not None and peer != me:
+            groups.setdefault(peer, []).append(off)
+    return [(tuple(offs), peer, HALO_TAG) for peer, offs in groups.items()]
 
 
 def _c_strides(shape: tuple, itemsize: int) -> tuple:
