@@ -179,6 +179,7 @@ def run(args, markdown: bool = False) -> int:
                                  ("--samples", args.samples), ("--max-full-gib", args.max_full_gib)],
                        nprocs=size, markdown=markdown)
     t_start = time.perf_counter()
+    machine = machine_lines(MPI)  # the load average as the run starts
     results = []
     for length in lengths:
         results.append(measure(comm, length, args, dtype))
@@ -186,10 +187,12 @@ def run(args, markdown: bool = False) -> int:
             print(f"# L={length} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
     if rank == 0:
         print(f"# ring attention ({args.mask}, zigzag layout) over {size} ranks vs full attention in one process")
-        for line in machine_lines(MPI):
+        for line in machine:
             print("# " + line)
         threads = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        print(f"# BLAS threads: {', '.join(f'{k}={v}' for k, v in threads.items() if v) or 'library default'}")
+        shown = ", ".join(f"{k}={v}" for k, v in threads.items() if v)
+        print(f"# BLAS threads: {shown or 'library default (with several ranks per node, set OPENBLAS_NUM_THREADS=1 '
+                                      'or OMP_NUM_THREADS=1: oversubscribed BLAS threads made the ring 30-100x slower here)'}")
         print(f"# heads={args.heads}, d={args.d}, {args.dtype}, ring block_size={args.block_size}; time: slowest rank, "
               f"median of {args.samples} after one warm-up run; ring peak/rank: largest tracemalloc peak over the "
               "ranks "
@@ -198,7 +201,8 @@ def run(args, markdown: bool = False) -> int:
               "as measured)")
         print()
         print(_table(results, markdown))
-        print(f"\n# {time.perf_counter() - t_start:.0f} s. Reproduce: {cmd}")
+        end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"\n# {time.perf_counter() - t_start:.0f} s, load average at the end {end}. Reproduce: {cmd}")
         if args.json:
-            write_json(args.json, {"command": cmd, "machine": machine_lines(MPI), "ranks": size, "results": results})
+            write_json(args.json, {"command": cmd, "machine": machine, "ranks": size, "results": results})
     return 0

@@ -17,6 +17,7 @@ is ``MPI_Iallreduce`` progressed the same way (``Request.Test`` between slices).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import zlib
@@ -345,12 +346,13 @@ def run(args, markdown: bool = False) -> int:
                                  ("--window", args.window), ("--overlap-bytes", args.overlap_bytes),
                                  ("--slice-us", args.slice_us)], nprocs=size, markdown=markdown)
     t_start = time.perf_counter()
+    machine = machine_lines(MPI)  # the load average as the run starts
     sizes = sizes_bytes(args.min_bytes, args.max_bytes, args.factor, dtype.itemsize)
     results = measure_sizes(comm, sizes, dtype, args.op, args.samples, ring_kw)
     overlap = {n: measure_overlap(comm, n, dtype, args.samples, args.slice_us, ring_kw) for n in overlap_sizes}
     if rank == 0:
         print(f"# allreduce: comms ring vs MPI_Allreduce vs Reduce+Bcast, {size} ranks")
-        for line in machine_lines(MPI):
+        for line in machine:
             print("# " + line)
         chunk = args.chunk_nbytes
         print(f"# ring chunk: {'automatic (1/8 of a block, 1-4 MiB)' if chunk is None else f'{chunk} B'}; "
@@ -374,9 +376,10 @@ def run(args, markdown: bool = False) -> int:
                   "start+test': this thread's CPU time in start() and the test() calls (not the final wait): work "
                   "no compute can hide on the same core")
             print(_overlap_table(overlap, markdown))
-        print(f"\n# {time.perf_counter() - t_start:.0f} s. Reproduce: {cmd}")
+        end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"\n# {time.perf_counter() - t_start:.0f} s, load average at the end {end}. Reproduce: {cmd}")
         if args.json:
-            write_json(args.json, {"command": cmd, "machine": machine_lines(MPI), "ranks": size,
+            write_json(args.json, {"command": cmd, "machine": machine, "ranks": size,
                                    "sizes": {str(k): v for k, v in results.items()},
                                    "overlap": {str(k): v for k, v in overlap.items()}})
     return 0
