@@ -191,8 +191,9 @@ def run(args, markdown: bool = False) -> int:
             print("# " + line)
         threads = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         shown = ", ".join(f"{k}={v}" for k, v in threads.items() if v)
-        print(f"# BLAS threads: {shown or 'library default (with several ranks per node, set OPENBLAS_NUM_THREADS=1 '
-                                      'or OMP_NUM_THREADS=1: oversubscribed BLAS threads made the ring 30-100x slower here)'}")
+        advice = ("library default (with several ranks per node set OPENBLAS_NUM_THREADS=1 or OMP_NUM_THREADS=1: "
+                  "oversubscribed BLAS threads made the ring 30-100x slower here)")
+        print(f"# BLAS threads: {shown or advice}")
         print(f"# heads={args.heads}, d={args.d}, {args.dtype}, ring block_size={args.block_size}; time: slowest rank, "
               f"median of {args.samples} after one warm-up run; ring peak/rank: largest tracemalloc peak over the "
               "ranks "
