@@ -324,9 +324,12 @@ class _Ring:
     block ``(rank - g - 1 - shift) % n`` from its left one. Steps ``g < n_reduce`` reduce
     what arrives with this rank's own ``src`` into ``dst``; later steps receive straight
     into ``dst`` (the allgather phase). Step 0 sends from ``src``, later steps from
-    ``dst``. Chunk ``(g+1, k)`` leaves as soon as ``(g, k)`` is reduced, so the reduction
-    of one chunk overlaps the transfer of the next. Messages go out and are matched in
-    one fixed order, so one tag per operation suffices.
+    ``dst``. Chunk ``(g+1, k)`` leaves as soon as ``(g, k)`` is reduced, and up to
+    ``window`` receives are posted ahead, so the reduction of one chunk overlaps the
+    transfer of the next wherever something other than this rank's core moves the data
+    (a NIC, a GPU copy engine, a progress thread); with shared-memory MPICH the copy
+    happens inside this rank's next MPI call. Messages go out and are matched in one
+    fixed order, so one tag per operation suffices.
     """
 
     def __init__(self, link, xp, src, dst, counts, displs, n_reduce: int, n_steps: int, shift: int,
