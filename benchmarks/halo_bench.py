@@ -336,6 +336,7 @@ def run(args, markdown: bool = False) -> int:
 
     world = MPI.COMM_WORLD
     t_start = time.perf_counter()
+    machine = machine_lines(MPI)  # at the start, so its load average is the one before the run
     PETSc = None if args.no_petsc else _petsc()
     sizes, ghosts, fields = _ints(args.sizes), _ints(args.ghosts), _ints(args.fields)
     stencils = [s.strip() for s in args.stencils.split(",") if s.strip()]
@@ -375,7 +376,7 @@ def run(args, markdown: bool = False) -> int:
                             device_results.append(r)
     if world.rank == 0:
         print("# halo exchange: comms.HaloExchange vs PETSc DMDA vs plain mpi4py (3-D, periodic, float64)")
-        for line in machine_lines(MPI):
+        for line in machine:
             print("# " + line)
         petsc_note = f"petsc4py {PETSc.__version__ if hasattr(PETSc, '__version__') else ''}".strip() \
             if PETSc is not None else "PETSc: not installed (pip install -e '.[petsc]')"
@@ -397,6 +398,6 @@ def run(args, markdown: bool = False) -> int:
         print(placement_table(markdown))
         print(f"\n# {time.perf_counter() - t_start:.0f} s. Reproduce: {cmd}")
         if args.json:
-            write_json(args.json, {"command": cmd, "machine": machine_lines(MPI), "host": results,
+            write_json(args.json, {"command": cmd, "machine": machine, "host": results,
                                    "device": device_results})
     return 0
