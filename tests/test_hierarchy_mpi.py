@@ -15,6 +15,7 @@ import comms.ring as ring_module
 from comms.costmodel import CostModel, LevelCost
 from comms.hierarchy import Hierarchy, HierarchyMismatchError
 from comms.ring import ring_allreduce, ring_blocks
+from mpi_checks import verdict as _verdict, raises_everywhere as _raises_everywhere
 
 pytestmark = pytest.mark.timeout(240, method="thread")
 
@@ -41,10 +42,6 @@ OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}
 # --------------------------------------------------------------------------- helpers
 
 
-def _verdict(comm, ok: bool, detail: str = "") -> None:
-    reports = comm.allgather((bool(ok), detail))
-    bad = [f"rank {r}: {d}" for r, (o, d) in enumerate(reports) if not o]
-    assert not bad, "; ".join(bad)
 
 
 def _on_sub(n: int, fn) -> None:
@@ -62,15 +59,6 @@ def _on_sub(n: int, fn) -> None:
     _verdict(world, ok, detail)
 
 
-def _raises_everywhere(comm, exc_type, fn, match: str = "") -> None:
-    try:
-        fn()
-        got = ("no exception", "")
-    except Exception as exc:  # noqa: BLE001 - inspected below
-        got = (type(exc).__name__, str(exc))
-    for r, (name, msg) in enumerate(comm.allgather(got)):
-        assert name == exc_type.__name__, f"rank {r} raised {name}: {msg} (expected {exc_type.__name__})"
-        assert match in msg, f"rank {r}: {msg!r} lacks {match!r}"
 
 
 def _data(rank: int, dtype: str, op: str, count: int, seed: int = 0):

@@ -9,6 +9,7 @@ from mpi4py import MPI
 import hpcore
 from comms.ring import RingMismatchError
 from comms.ring_attention import RingAttention, attention_reference, sequence_positions, zigzag_merge, zigzag_split
+from mpi_checks import verdict as _verdict, raises_everywhere as _raises_everywhere
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
 
@@ -17,21 +18,8 @@ def _world():
     return MPI.COMM_WORLD
 
 
-def _verdict(comm, ok: bool, detail: str = "") -> None:
-    reports = comm.allgather((bool(ok), detail))
-    bad = [f"rank {r}: {d}" for r, (o, d) in enumerate(reports) if not o]
-    assert not bad, "; ".join(bad)
 
 
-def _raises_everywhere(comm, exc_type, fn, match: str = "") -> None:
-    try:
-        fn()
-        got = ("no exception", "")
-    except Exception as exc:  # noqa: BLE001 - inspected below
-        got = (type(exc).__name__, str(exc))
-    for r, (name, msg) in enumerate(comm.allgather(got)):
-        assert name == exc_type.__name__, f"rank {r} raised {name}: {msg} (expected {exc_type.__name__})"
-        assert match in msg, f"rank {r}: {msg!r} lacks {match!r}"
 
 
 def _rel(a, b) -> float:

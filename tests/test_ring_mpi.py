@@ -21,6 +21,7 @@ from comms.ring import (
     ring_reduce_scatter,
     ring_reduce_scatter_start,
 )
+from mpi_checks import verdict as _verdict, raises_everywhere as _raises_everywhere
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(180)]
 
@@ -34,25 +35,8 @@ def _world():
     return MPI.COMM_WORLD
 
 
-def _verdict(comm, ok: bool, detail: str = "") -> None:
-    """Assert on every rank that the check passed on every rank (no rank left behind)."""
-    reports = comm.allgather((bool(ok), detail))
-    bad = [f"rank {r}: {d}" for r, (o, d) in enumerate(reports) if not o]
-    assert not bad, "; ".join(bad)
 
 
-def _raises_everywhere(comm, exc_type, fn, match: str = "") -> str:
-    """Run ``fn`` on every rank; assert that every rank raised ``exc_type`` with ``match`` in it."""
-    try:
-        fn()
-        got = ("no exception", "")
-    except Exception as exc:  # noqa: BLE001 - inspected below
-        got = (type(exc).__name__, str(exc))
-    reports = comm.allgather(got)
-    for r, (name, msg) in enumerate(reports):
-        assert name == exc_type.__name__, f"rank {r} raised {name}: {msg} (expected {exc_type.__name__})"
-        assert match in msg, f"rank {r}: {msg!r} lacks {match!r}"
-    return reports[comm.Get_rank()][1]
 
 
 def _same_everywhere(comm, a) -> bool:

@@ -10,6 +10,7 @@ from comms.hierarchy import Hierarchy
 from comms.ring import ring_blocks
 from comms.sharded import SGD, Adam, ShardedState
 from hpcore.errors import HpcoreError
+from mpi_checks import raises_everywhere as _raises_everywhere
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -36,14 +37,6 @@ def _on_sub(n, fn):
     assert not bad, "; ".join(bad)
 
 
-def _raises_everywhere(comm, exc_type, fn, match=""):
-    try:
-        fn()
-        got = ("no exception", "")
-    except Exception as exc:  # noqa: BLE001 - inspected below
-        got = (type(exc).__name__, str(exc))
-    for r, (name, msg) in enumerate(comm.allgather(got)):
-        assert name == exc_type.__name__ and match in msg, f"rank {r}: {name}: {msg}"
 
 
 @pytest.mark.parametrize("n, levels", CASES)
