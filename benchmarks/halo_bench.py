@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ghosts", default="1,3", metavar="G,..", help="ghost widths (default 1,3)")
     parser.add_argument("--stencils", default="star,box", metavar="S,..", help="stencils (default star,box)")
     parser.add_argument("--fields", default="1,8", metavar="F,..", help="fields per exchange (default 1,8)")
+    parser.add_argument("--layouts", default="arrays,components", metavar="L,..",
+                        help="how several fields are held: 'arrays' (one array each) and/or 'components' (one "
+                             "array with a trailing axis of F components: PETSc's dof=F layout) (default both)")
     parser.add_argument("--samples", type=int, default=5, metavar="N",
                         help="interleaved samples per implementation; the median is shown (default 5)")
     parser.add_argument("--min-sample-s", type=float, default=0.02, metavar="S",
@@ -90,8 +93,10 @@ class MpiSubarray:
         self.comm = halo.comm
         self.fields = fields
         full = list(halo.full_shape)
+        ncomp = int(np.prod(fields[0].shape[3:], dtype=int))
+        cell = MPI.DOUBLE.Create_contiguous(ncomp).Commit() if ncomp > 1 else MPI.DOUBLE
         self.steps = []
-        self.types = []
+        self.types = [cell] if ncomp > 1 else []
         d = halo.decomposition
         for off in halo.directions:  # every neighbour, this rank itself included (MPI copies)
             dest, src, tag = d.neighbor(off), d.neighbor(tuple(-o for o in off)), 0
@@ -99,8 +104,8 @@ class MpiSubarray:
                 continue
             tag = sum((o + 1) * 3 ** i for i, o in enumerate(off))
             s_idx, r_idx = halo._slices(off, "send"), halo._slices(tuple(-o for o in off), "recv")
-            st = MPI.DOUBLE.Create_subarray(full, [x.stop - x.start for x in s_idx], [x.start for x in s_idx]).Commit()
-            rt = MPI.DOUBLE.Create_subarray(full, [x.stop - x.start for x in r_idx], [x.start for x in r_idx]).Commit()
+            st = cell.Create_subarray(full, [x.stop - x.start for x in s_idx], [x.start for x in s_idx]).Commit()
+            rt = cell.Create_subarray(full, [x.stop - x.start for x in r_idx], [x.start for x in r_idx]).Commit()
             self.types += [st, rt]
             self.steps.append((st, dest, rt, src, tag))
 
@@ -135,13 +140,13 @@ class NeighborAlltoallw:
         self.recv = [MPI.BOTTOM, [1] * len(rt), [0] * len(rt), rt]
 
         self.fields = fields
-        self.copies = halo.self_copies
+        self.copy_self = halo._copy_self if halo.self_copies else None
 
     def __call__(self) -> None:
         self.graph.Neighbor_alltoallw(self.send, self.recv)
-        for f in self.fields:  # the same in-field copies as HaloExchange where this rank is its own neighbour
-            for dst, src in self.copies:
-                f[dst] = f[src]
+        if self.copy_self is not None:  # the same in-field copies as HaloExchange (this rank is its own neighbour)
+            for f in self.fields:
+                self.copy_self(f)
 
     def free(self) -> None:
         self.plan.free()
@@ -221,17 +226,24 @@ def _time(world, ops: dict, samples: int, min_sample_s: float, sync=None) -> tup
     return med, raw, k
 
 
-def _case(world, PETSc, n: int, g: int, stencil: str, nfields: int, args, xp=np, halo_kwargs=None) -> dict:
+def _case(world, PETSc, n: int, g: int, stencil: str, nfields: int, args, xp=np, halo_kwargs=None,
+          layout: str = "arrays") -> dict:
     from comms import CartDecomposition, HaloExchange
     from comms.placement import balanced_dims
 
     size = world.Get_size()
     dims = balanced_dims(size, (n * size,) * 3, (True,) * 3)
     shape = tuple(n * d for d in dims)
-    out = {"n": n, "ghost": g, "stencil": stencil, "fields": nfields, "dims": dims}
+    out = {"n": n, "ghost": g, "stencil": stencil, "fields": nfields, "dims": dims, "layout": layout}
     with CartDecomposition(world, shape, periodic=True, dims=dims) as d:
         with HaloExchange(d, ghost=g, stencil=stencil, **(halo_kwargs or {})) as h:
             def filled(xp_):
+                """The arrays to exchange: one per field, or one with a component axis."""
+                if layout == "components":
+                    f = np.empty(h.full_shape + (nfields,))
+                    for k in range(nfields):
+                        _fill(f[..., k], d, g, k)
+                    return [xp_.asarray(f)]
                 out_ = []
                 for k in range(nfields):
                     f = np.empty(h.full_shape)
@@ -241,7 +253,8 @@ def _case(world, PETSc, n: int, g: int, stencil: str, nfields: int, args, xp=np,
 
             def verified(name, exchange, flds):
                 exchange()
-                for k, f in enumerate(flds):
+                views = [flds[0][..., k] for k in range(nfields)] if layout == "components" else flds
+                for k, f in enumerate(views):
                     _verify(f, d, g, k, stencil, name)
 
             fields = filled(xp)
@@ -281,7 +294,8 @@ def _rows(results):
     for r in results:
         s = r["seconds"]
         gbs = {k: r["ghost_bytes"] / v / 1e9 for k, v in s.items()}
-        rows.append([r["n"], r["ghost"], r["stencil"], r["fields"], r["method"], r["ghost_bytes"] / 2 ** 20,
+        rows.append([r["n"], r["ghost"], r["stencil"], r["fields"], LAYOUT_LABEL[r.get("layout", "arrays")],
+                     r["method"], r["ghost_bytes"] / 2 ** 20,
                      s["hpcore"] * 1e6, gbs["hpcore"],
                      s.get("petsc_g2l", float("nan")) * 1e6, ratio(s.get("petsc_g2l"), s["hpcore"]),
                      s.get("petsc_l2l", float("nan")) * 1e6, ratio(s.get("petsc_l2l"), s["hpcore"]),
@@ -290,8 +304,9 @@ def _rows(results):
     return rows
 
 
+LAYOUT_LABEL = {"arrays": "arrays", "components": "1 array"}
 COLUMNS = [Column("n^3/rank", "d"), Column("g", "d"), Column("stencil", left=True), Column("fields", "d"),
-           Column("method", left=True), Column("ghost MiB", ".2f"), Column("hpcore us", ".0f"),
+           Column("layout", left=True), Column("method", left=True), Column("ghost MiB", ".2f"), Column("hpcore us", ".0f"),
            Column("hpcore GB/s", ".2f"), Column("DMDA g2l us", ".0f"), Column("vs g2l", ".2f"),
            Column("DMDA l2l us", ".0f"), Column("vs l2l", ".2f"), Column("Sendrecv us", ".0f"),
            Column("vs Sendrecv", ".2f"), Column("nbr-a2aw us", ".0f"), Column("vs nbr", ".2f")]
@@ -340,8 +355,11 @@ def run(args, markdown: bool = False) -> int:
     PETSc = None if args.no_petsc else _petsc()
     sizes, ghosts, fields = _ints(args.sizes), _ints(args.ghosts), _ints(args.fields)
     stencils = [s.strip() for s in args.stencils.split(",") if s.strip()]
+    layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
+    if not layouts or any(x not in LAYOUT_LABEL for x in layouts):
+        raise SystemExit(f"halo: --layouts must list some of {', '.join(LAYOUT_LABEL)}, got {args.layouts!r}")
     cmd = command_line(COMMAND, [("--sizes", args.sizes), ("--ghosts", args.ghosts), ("--stencils", args.stencils),
-                                 ("--fields", args.fields), ("--samples", args.samples),
+                                 ("--fields", args.fields), ("--layouts", args.layouts), ("--samples", args.samples),
                                  ("--min-sample-s", args.min_sample_s), ("--no-petsc", args.no_petsc),
                                  ("--device", args.device)], nprocs=world.Get_size(), markdown=markdown)
     results = []
@@ -349,11 +367,12 @@ def run(args, markdown: bool = False) -> int:
         for g in ghosts:
             for stencil in stencils:
                 for nf in fields:
-                    r = _case(world, PETSc, n, g, stencil, nf, args)
-                    results.append(r)
-                    if world.rank == 0:
-                        print(f"# done n={n} g={g} {stencil} fields={nf}: hpcore {r['seconds']['hpcore'] * 1e6:.0f} us",
-                              file=sys.stderr, flush=True)
+                    for layout in (layouts if nf > 1 else layouts[:1]):
+                        r = _case(world, PETSc, n, g, stencil, nf, args, layout=layout)
+                        results.append(r)
+                        if world.rank == 0:
+                            print(f"# done n={n} g={g} {stencil} fields={nf} {layout}: "
+                                  f"hpcore {r['seconds']['hpcore'] * 1e6:.0f} us", file=sys.stderr, flush=True)
     device_results = []
     cp = None
     if args.device:

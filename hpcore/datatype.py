@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence, Union
@@ -571,11 +572,14 @@ class OwnedDatatype:
         self._owned = owned
 
     def __del__(self):
-        import sys
-
-        mpi = sys.modules.get("mpi4py.MPI")
-        if self._owned and mpi is not None and not mpi.Is_finalized():
-            self.datatype.Free()
+        if not self._owned:
+            return
+        try:  # at interpreter shutdown modules may already be gone: then MPI frees it
+            mpi = sys.modules.get("mpi4py.MPI")
+            if mpi is not None and not mpi.Is_finalized():
+                self.datatype.Free()
+        except Exception:  # noqa: BLE001 - a destructor must not raise
+            pass
 
 
 def _make(dt, mpi) -> CanonicalType:
