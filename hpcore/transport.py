@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+import numpy as np
+
 from . import perfmodel
 from .arrays import as_bytes, is_device_array
 from .cuda_aware import detect_cuda_aware
@@ -36,9 +38,7 @@ class Request:
         """Progress MPI and return True once the operation completed. Not collective."""
         if self._done:
             return True
-        from mpi4py import MPI
-
-        status = MPI.Status()
+        status = _mpi().Status()
         flag = self._req.Test(status)
         if flag:
             self._complete(status)
@@ -48,9 +48,7 @@ class Request:
         """Block until the operation completed (and is unpacked). Not collective."""
         if self._done:
             return
-        from mpi4py import MPI
-
-        st = status if status is not None else MPI.Status()
+        st = status if status is not None else _mpi().Status()
         self._req.Wait(st)
         self._complete(st)
 
@@ -98,6 +96,7 @@ class Comm:
         self.method = method
         self.pool = BufferPool()
         self.counts: dict = {m: 0 for m in perfmodel.METHODS}
+        self._choices: dict = {}
 
     @property
     def rank(self) -> int:
@@ -124,6 +123,19 @@ class Comm:
                 raise ValueError(f"{rank_prefix(self.mpi)}method='device_pack' needs CUDA-aware MPI")
             return method
         ctype = self._ctype(buf, datatype)
+        # The choice depends only on these; the model's interpolation costs ~10 us, so
+        # it is made once per key (ctype kept in the entry, so its id is not reused).
+        key = (id(ctype), count, device, self.cuda_aware, id(self.model))
+        hit = self._choices.get(key)
+        if hit is not None and hit[0] is ctype:
+            return hit[1]
+        if len(self._choices) >= 1024:
+            self._choices.clear()
+        choice = self._choose_by_model(ctype, count, device)
+        self._choices[key] = (ctype, choice)
+        return choice
+
+    def _choose_by_model(self, ctype, count: int, device: bool) -> str:
         contiguous = ctype.is_contiguous and (count <= 1 or ctype.size == ctype.extent)
         n = ctype.size * count
         run = perfmodel.mean_run(ctype)
@@ -143,9 +155,7 @@ class Comm:
 
     def _ctype(self, buf, datatype) -> CanonicalType:
         if datatype is None:
-            from mpi4py import MPI
-
-            return canonicalize(MPI.BYTE)
+            return canonicalize(_mpi().BYTE)
         return datatype if isinstance(datatype, CanonicalType) else canonicalize(datatype)
 
     def _spec(self, buf, datatype, count):
@@ -160,14 +170,18 @@ class Comm:
             raise TypeError("datatype: pass the MPI datatype to the transport (a CanonicalType has no MPI handle)")
         return datatype, count
 
+    def _check_span(self, pl, nbytes: int, what: str) -> None:
+        if pl.nbytes and (pl.lo < 0 or pl.hi > nbytes):  # the message is only built on error
+            _check_span(pl, nbytes, f"{rank_prefix(self.mpi)}{what}")
+
     # ----------------------------------------------------------------- send side
     def _prepare_send(self, buf, datatype, count, method):
         datatype, count = self._spec(buf, datatype, count)
         m = self.choose(buf, datatype, count, method)
         pl = plan(datatype, count)
-        _check_span(pl, as_bytes(buf, "buf").nbytes, f"{rank_prefix(self.mpi)}send")
+        self._check_span(pl, as_bytes(buf, "buf").nbytes, "send")
         self.counts[m] += 1
-        from mpi4py import MPI
+        MPI = _mpi()
 
         if m == "mpi":
             return [buf, count, datatype], None
@@ -189,11 +203,26 @@ class Comm:
             self.pool.put(dtmp, "device")
             return [htmp, pl.nbytes, MPI.PACKED], lambda: self.pool.put(htmp, "pinned")
 
+    def _whole_host_array(self, buf, datatype, count, method, writable: bool):
+        """``[buf, MPI.BYTE]`` when the message is all of a C-contiguous NumPy array and
+        nothing forces a method: MPI's own path, chosen without the model or a pack
+        plan (the common case costs ~1 us here instead of ~5). Else None."""
+        if (datatype is None and count == 1 and method is None and self.method is None
+                and type(buf) is np.ndarray and buf.flags.c_contiguous
+                and (not writable or buf.flags.writeable)):
+            self.counts["mpi"] += 1
+            return [buf, _mpi().BYTE]
+        return None
+
     def send(self, buf, dest: int, tag: int = 0, *, datatype=None, count: int = 1, method: Optional[Method] = None) -> None:
         """Blocking send of ``count`` instances of ``datatype`` from ``buf`` to ``dest``.
 
         Point-to-point (not collective). ``datatype=None`` sends all of ``buf``'s bytes.
         """
+        spec = self._whole_host_array(buf, datatype, count, method, False)
+        if spec is not None:
+            self.mpi.Send(spec, dest, tag)
+            return
         spec, release = self._prepare_send(buf, datatype, count, method)
         try:
             self.mpi.Send(spec, dest, tag)
@@ -204,6 +233,9 @@ class Comm:
     def isend(self, buf, dest: int, tag: int = 0, *, datatype=None, count: int = 1,
               method: Optional[Method] = None) -> Request:
         """Non-blocking send; the data is packed before this returns. Point-to-point."""
+        spec = self._whole_host_array(buf, datatype, count, method, False)
+        if spec is not None:
+            return Request(self.mpi.Isend(spec, dest, tag))
         spec, release = self._prepare_send(buf, datatype, count, method)
         req = self.mpi.Isend(spec, dest, tag)
         return Request(req, (lambda status: release()) if release else None)
@@ -213,9 +245,9 @@ class Comm:
         datatype, count = self._spec(buf, datatype, count)
         m = self.choose(buf, datatype, count, method)
         pl = plan(datatype, count)
-        _check_span(pl, as_bytes(buf, "buf", writable=True).nbytes, f"{rank_prefix(self.mpi)}recv")
+        self._check_span(pl, as_bytes(buf, "buf", writable=True).nbytes, "recv")
         self.counts[m] += 1
-        from mpi4py import MPI
+        MPI = _mpi()
 
         if m == "mpi":
             return [buf, count, datatype], None
@@ -267,16 +299,25 @@ class Comm:
         (whose values differ between MPI libraries).
         Device buffers are complete (stream synchronized) when this returns.
         """
+        spec = self._whole_host_array(buf, datatype, count, method, True)
+        if spec is not None:
+            MPI = _mpi()
+            self.mpi.Recv(spec, MPI.ANY_SOURCE if source is None else source, MPI.ANY_TAG if tag is None else tag,
+                          status)
+            return
         req = self.irecv(buf, source, tag, datatype=datatype, count=count, method=method)
         req.wait(status)
 
     def irecv(self, buf, source: Optional[int] = None, tag: Optional[int] = None, *, datatype=None, count: int = 1,
               method: Optional[Method] = None) -> Request:
         """Non-blocking receive; ``buf`` holds the data after the request's ``wait()``."""
-        from mpi4py import MPI
+        MPI = _mpi()
 
         source = MPI.ANY_SOURCE if source is None else source
         tag = MPI.ANY_TAG if tag is None else tag
+        spec = self._whole_host_array(buf, datatype, count, method, True)
+        if spec is not None:
+            return Request(self.mpi.Irecv(spec, source, tag))
         spec, finish = self._prepare_recv(buf, datatype, count, method)
         return Request(self.mpi.Irecv(spec, source, tag), finish)
 
@@ -288,6 +329,20 @@ class Comm:
         s = self.isend(sendbuf, dest, sendtag, datatype=senddatatype, count=sendcount)
         s.wait()
         r.wait(status)
+
+
+_MPI = None
+
+
+def _mpi():
+    """mpi4py.MPI, imported on first use (importing hpcore never initializes MPI);
+    cached because a function-level ``from mpi4py import MPI`` costs ~1.5 us."""
+    global _MPI
+    if _MPI is None:
+        from mpi4py import MPI
+
+        _MPI = MPI
+    return _MPI
 
 
 def _device_unpack(packed, buf, datatype, count) -> None:
