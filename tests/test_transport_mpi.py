@@ -85,6 +85,47 @@ def test_whole_buffer_without_datatype_and_test_polling():
         c.isend(a, 0, 4, count=2)
 
 
+def test_whole_arrays_go_straight_to_mpi_and_bad_ones_are_refused():
+    comm = _world()
+    c = hpcore.Comm(comm)
+    rank, size = comm.rank, comm.size
+    a = np.arange(24, dtype=np.float64).reshape(2, 3, 4) + 100 * rank  # any dtype: sent as its bytes
+    b = np.zeros((2, 3, 4))
+    c.sendrecv(a, (rank + 1) % size, b, (rank - 1) % size, sendtag=6, recvtag=6)
+    np.testing.assert_array_equal(b, np.arange(24.0).reshape(2, 3, 4) + 100 * ((rank - 1) % size))
+    assert c.counts["mpi"] == 2 and c.counts["host_pack"] == 0
+    if rank == 0:
+        c.send(a, 1, 7)
+    elif rank == 1:
+        st = MPI.Status()
+        c.recv(b, None, None, status=st)  # blocking form, wildcards, status filled
+        assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)) == (0, 7, a.nbytes)
+        np.testing.assert_array_equal(b, np.arange(24.0).reshape(2, 3, 4))
+    # not whole contiguous writable arrays: the general path refuses them before communicating
+    with pytest.raises(ValueError, match="contiguous"):
+        c.isend(a[:, :, ::2], 0, 1)
+    ro = np.zeros(8)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        c.irecv(ro, 0, 1)
+    comm.Barrier()
+
+
+def test_method_choice_follows_the_model_and_cuda_awareness():
+    comm = _world()
+    vec = MPI.DOUBLE.Create_vector(4096, 1, 2).Commit()
+    try:
+        buf = np.zeros(8192)
+        c = hpcore.Comm(comm, model=hpcore.perfmodel.PerfModel(pack_bw={"host": {1: 1e12}, "mpi": {1: 1e6}}))
+        assert c.choose(buf, vec) == "host_pack"
+        assert c.choose(buf, vec) == "host_pack"  # cached
+        c.model = hpcore.perfmodel.PerfModel(pack_bw={"host": {1: 1e6}, "mpi": {1: 1e12}})
+        assert c.choose(buf, vec) == "mpi"  # a new model is a new choice, not the cached one
+        assert c.choose(buf, vec, count=2) == "mpi"
+    finally:
+        vec.Free()
+
+
 def test_fewer_instances_received_than_posted():
     comm = _world()
     c = hpcore.Comm(comm)
