@@ -87,35 +87,50 @@ def measure_messages(comm, sizes=(1, 1 << 10, 1 << 16, 1 << 20, 1 << 22), repeat
     """One-way time [s] of contiguous messages between ranks 0 and 1 (ping-pong / 2).
 
     Collective on ``comm`` (needs at least 2 ranks; ranks >= 2 idle). Returns
-    ``{"host_pack": {nbytes: s}}`` and, with a CUDA-aware device run,
-    ``{"device_pack": {...}}``.
+    ``{"host_pack": {nbytes: s}, "mpi_typed": {nbytes: s}}`` (the latter: ``nbytes``
+    of doubles sent by MPI as a stride-2 vector type) and, with a CUDA-aware device
+    run, ``{"device_pack": {...}}``.
     """
     from mpi4py import MPI
 
-    rank = comm.Get_rank()
     cp = cupy_or_none() if device else None
-    result: dict = {"host_pack": {}}
+    result: dict = {"host_pack": {}, "mpi_typed": {}}
     if cp is not None:
         result["device_pack"] = {}
     for kind in result:
         for n in sizes:
+            typed = None
             if kind == "device_pack":
                 buf = cp.zeros(n, cp.uint8)
+            elif kind == "mpi_typed":
+                n = max(8, n - n % 8)
+                buf = np.zeros(2 * n, np.uint8)
+                typed = MPI.DOUBLE.Create_vector(n // 8, 1, 2).Commit()
             else:
                 buf = np.zeros(n, np.uint8)
-            for it in range(repeat + 3):  # 3 warm-up round trips, then timed ones
-                if it == 3:
-                    comm.Barrier()
-                    t0 = time.perf_counter()
-                if rank == 0:
-                    comm.Send([buf, n, MPI.BYTE], 1, 7)
-                    comm.Recv([buf, n, MPI.BYTE], 1, 7)
-                elif rank == 1:
-                    comm.Recv([buf, n, MPI.BYTE], 0, 7)
-                    comm.Send([buf, n, MPI.BYTE], 0, 7)
-            dt = (time.perf_counter() - t0) / (2 * repeat)
-            result[kind][n] = comm.bcast(dt, root=0)
+            spec = [buf, 1, typed] if typed is not None else [buf, n, MPI.BYTE]
+            try:
+                result[kind][n] = _ping_pong(comm, spec, repeat)
+            finally:
+                if typed is not None:
+                    typed.Free()
     return result
+
+
+def _ping_pong(comm, spec, repeat: int) -> float:
+    """One-way time [s] of ``spec`` between ranks 0 and 1, the same on every rank."""
+    rank = comm.Get_rank()
+    for it in range(repeat + 3):  # 3 warm-up round trips, then timed ones
+        if it == 3:
+            comm.Barrier()
+            t0 = time.perf_counter()
+        if rank == 0:
+            comm.Send(spec, 1, 7)
+            comm.Recv(spec, 1, 7)
+        elif rank == 1:
+            comm.Recv(spec, 0, 7)
+            comm.Send(spec, 0, 7)
+    return comm.bcast((time.perf_counter() - t0) / (2 * repeat), root=0)
 
 
 def measure_staging(nbytes=(1 << 10, 1 << 20, 1 << 24), repeat: int = 10) -> dict | None:

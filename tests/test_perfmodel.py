@@ -75,3 +75,18 @@ def test_mean_run():
         assert perfmodel.mean_run(hpcore.canonicalize(t)) == 24
     finally:
         t.Free()
+
+
+def test_typed_send_penalty_default_and_measured():
+    m = perfmodel.PerfModel()
+    assert m.typed_extra(4096) == 0.0 and m.typed_extra(8192) == 0.0  # eager: MPI packs straight in
+    assert m.typed_extra(1 << 20) == pytest.approx((1 << 20) / 0.45e9)
+    # unmeasured, a large vector of doubles goes through hpcore's pack, a small one through MPI
+    assert m.predict("host_pack", 1 << 16, 8) < m.predict("mpi", 1 << 16, 8)
+    assert m.predict("mpi", 1 << 10, 8) < m.predict("host_pack", 1 << 10, 8)
+    measured = perfmodel.PerfModel(pack_bw={"mpi": {8: 1e9}}, message={
+        "host_pack": {1024: 1e-6, 1 << 20: 1e-4}, "mpi_typed": {1024: 1e-6, 1 << 20: 1e-2}})
+    n = 1 << 20
+    expect = 1e-2 - 1e-4 - 2 * n / 1e9
+    assert measured.typed_extra(n) == pytest.approx(expect)
+    assert measured.typed_extra(1024) == 0.0  # measured cheaper than pack + wire: clamped at 0
