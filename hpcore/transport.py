@@ -96,7 +96,6 @@ class Comm:
         self.method = method
         self.pool = BufferPool()
         self.counts: dict = {m: 0 for m in perfmodel.METHODS}
-        self._choices: dict = {}
 
     @property
     def rank(self) -> int:
@@ -127,13 +126,24 @@ class Comm:
         # it is made once per key (ctype kept in the entry, so its id is not reused).
         key = (id(ctype), count, device, self.cuda_aware, id(self.model))
         hit = self._choices.get(key)
-        if hit is not None and hit[0] is ctype:
-            return hit[1]
+        if hit is not None and hit[0] is ctype and hit[1] is self.model:
+            return hit[2]
         if len(self._choices) >= 1024:
             self._choices.clear()
         choice = self._choose_by_model(ctype, count, device)
-        self._choices[key] = (ctype, choice)
+        self._choices[key] = (ctype, self.model, choice)
         return choice
+
+    @property
+    def model(self):
+        """The :class:`~hpcore.perfmodel.PerfModel` the choice of method follows. Choices
+        are cached per model: assign a new model (not edit this one) to re-choose."""
+        return self._model
+
+    @model.setter
+    def model(self, value) -> None:
+        self._model = value
+        self._choices = {}
 
     def _choose_by_model(self, ctype, count: int, device: bool) -> str:
         contiguous = ctype.is_contiguous and (count <= 1 or ctype.size == ctype.extent)
@@ -209,7 +219,8 @@ class Comm:
         plan (the common case costs ~1 us here instead of ~5). Else None."""
         if (datatype is None and count == 1 and method is None and self.method is None
                 and type(buf) is np.ndarray and buf.flags.c_contiguous
-                and (not writable or buf.flags.writeable)):
+                and (not writable or buf.flags.writeable)
+                and not buf.dtype.hasobject and buf.dtype.kind != "T"):  # references: refused below
             self.counts["mpi"] += 1
             return [buf, _mpi().BYTE]
         return None

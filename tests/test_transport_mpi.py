@@ -108,6 +108,11 @@ def test_whole_arrays_go_straight_to_mpi_and_bad_ones_are_refused():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         c.irecv(ro, 0, 1)
+    for refs in (np.array([1, "x"], dtype=object), np.empty(2, dtype=object)):  # pointers, not data
+        with pytest.raises(TypeError):
+            c.isend(refs, 0, 1)
+        with pytest.raises(TypeError):
+            c.irecv(refs, 0, 1)
     comm.Barrier()
 
 
@@ -119,8 +124,11 @@ def test_method_choice_follows_the_model_and_cuda_awareness():
         c = hpcore.Comm(comm, model=hpcore.perfmodel.PerfModel(pack_bw={"host": {1: 1e12}, "mpi": {1: 1e6}}))
         assert c.choose(buf, vec) == "host_pack"
         assert c.choose(buf, vec) == "host_pack"  # cached
-        c.model = hpcore.perfmodel.PerfModel(pack_bw={"host": {1: 1e6}, "mpi": {1: 1e12}})
-        assert c.choose(buf, vec) == "mpi"  # a new model is a new choice, not the cached one
+        for _ in range(3):  # a freed model's id may be reused: the cache must not follow ids alone
+            c.model = hpcore.perfmodel.PerfModel(pack_bw={"host": {1: 1e12}, "mpi": {1: 1e6}})
+            assert c.choose(buf, vec) == "host_pack"
+            c.model = hpcore.perfmodel.PerfModel(pack_bw={"host": {1: 1e6}, "mpi": {1: 1e12}})
+            assert c.choose(buf, vec) == "mpi"  # a new model is a new choice, not the cached one
         assert c.choose(buf, vec, count=2) == "mpi"
     finally:
         vec.Free()
