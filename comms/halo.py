@@ -34,6 +34,7 @@ import numpy as np
 from hpcore.arrays import cupy_or_none, is_device_array
 from hpcore.datatype import OwnedDatatype, canonicalize, from_view, to_mpi
 from hpcore.errors import HpcoreError, agree
+from hpcore.lazy_mpi import mpi
 from hpcore.pack import pack, unpack
 
 from .decomposition import CartDecomposition, _index, _per_axis
@@ -91,8 +92,7 @@ class _DatatypePlan(_Plan):
                 self.requests.append(init([MPI.BOTTOM, 1, t], peer, tag))
 
     def start(self, fields) -> None:
-        from mpi4py import MPI
-
+        MPI = mpi()
         MPI.Prequest.Startall(self.requests)
 
     def receive(self):
@@ -219,8 +219,7 @@ class _PackPlan(_Plan):
         return canonicalize(t)
 
     def start(self, fields) -> None:
-        from mpi4py import MPI
-
+        MPI = mpi()
         offs = self.offsets["send"]
         for k, f in enumerate(fields):
             pack(f, self.field_types["send"][k], out=self.sendbuf[offs[k]: offs[k + 1]])
@@ -273,7 +272,7 @@ class HaloHandle:
 
     def test(self) -> bool:
         """Progress the exchange; True (and ghosts filled) once it is complete."""
-        from mpi4py import MPI
+        MPI = mpi()
 
         if self.done:
             return True
@@ -287,7 +286,7 @@ class HaloHandle:
 
     def wait(self) -> None:
         """Block until the ghost cells of every field are filled."""
-        from mpi4py import MPI
+        MPI = mpi()
 
         if self.done:
             return

@@ -13,6 +13,7 @@ import numpy as np
 
 from .arrays import array_module, as_bytes, is_device_array
 from .datatype import BlockSet, CanonicalType, OwnedDatatype, StridedBlock, canonicalize, to_mpi
+from .lazy_mpi import mpi
 
 __all__ = ["PackPlan", "plan", "pack", "unpack", "packed_nbytes"]
 
@@ -198,17 +199,11 @@ def _mpi_run(datatype, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> N
     # ``datatype`` has extent 1, so the 1-byte view at the origin is exactly count 1;
     # MPI reads/writes the typemap beyond it (the span was checked against u8). A
     # slice costs ~5 us less per call than MPI.buffer.fromaddress(u8.ctypes.data, 1).
-    comm = _self_comm()
+    comm = mpi().COMM_SELF
     if to_packed:
         datatype.Pack(u8[:1], packed, 0, comm)
     else:
         datatype.Unpack(packed, 0, u8[:1], comm)
-
-
-def _self_comm():
-    from mpi4py import MPI
-
-    return MPI.COMM_SELF
 
 
 def _mpi_engine(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> None:
