@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["hpcore", "hpcore.*", "comms", "comms.*", "solvers", "solvers.*"]),
     # mpi4py is required; it builds against the MPI found by `mpicc` (the supercomputer case)
     # unless the `mpich` extra brings a wheel MPI for machines that have none.
-    install_requires=["mpi4py>=4.0", "numpy>=1.23", "h5py>=3.0"],
+    install_requires=["mpi4py>=4.0", "numpy>=1.23", "h5py>=3.0", "numba>=0.59"],
     package_data={"solvers.flux_transport": ["default.toml"]},
     extras_require={
         "mpich": ["mpich>=4.2"],
@@ -20,6 +20,8 @@ setup(
         "petsc": ["petsc4py>=3.20"],
         "test": ["pytest>=7", "pytest-mpi>=0.6", "pytest-timeout>=2.1", "matplotlib>=3.6"],
         "plot": ["matplotlib>=3.6"],
+        # optional: the torch adapter and the neuraloperator comparisons (CPU build: pip install torch==2.13.0)
+        "torch": ["torch>=2.1"],
     },
     entry_points={"console_scripts": ["hpcore-measure=hpcore.measure:main"]},
     classifiers=[
