@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from hpcore.arrays import array_module, is_device_array
-from hpcore.errors import agree
+from hpcore.boundary import agree, as_comm
 from hpcore.topology import Topology
 
 from .placement import balanced_dims, halo_bytes_by_node, node_block_grid, row_major_grid, split_extent
@@ -17,17 +17,6 @@ __all__ = ["CartDecomposition", "PLACEMENTS"]
 
 PLACEMENTS = ("auto", "node-blocks", "row-major")
 _IO_TAG = 71
-
-
-def _mpi_comm(comm):
-    from mpi4py import MPI
-
-    inner = getattr(comm, "mpi", comm)  # an hpcore.Comm wraps an mpi4py communicator
-    if not isinstance(inner, MPI.Intracomm):
-        raise TypeError(f"comm: expected an mpi4py intracommunicator or hpcore.Comm, got {type(comm).__name__}")
-    if inner == MPI.COMM_NULL:
-        raise ValueError("comm: MPI.COMM_NULL")
-    return inner
 
 
 def _index(name: str, value) -> int:
@@ -92,7 +81,7 @@ class CartDecomposition:
 
     def __init__(self, comm, global_shape: Sequence[int], periodic=False, dims: Optional[Sequence[int]] = None,
                  ranks_per_node=None, *, placement: str = "auto"):
-        base = _mpi_comm(comm)
+        base = as_comm(comm)
         size = base.Get_size()
         error = None
         args = None

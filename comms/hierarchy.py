@@ -10,7 +10,7 @@ from typing import Literal, Optional, Sequence, Union
 import numpy as np
 
 from hpcore.arrays import array_module, is_device_array
-from hpcore.errors import agree
+from hpcore.boundary import agree, as_comm
 
 from .levels import Layout, ring_bytes_sent, ring_messages
 from .ring import RingMismatchError, ring_allgather, ring_allreduce, ring_blocks, ring_reduce_scatter
@@ -110,20 +110,6 @@ def _flat(x):
     return x.reshape(-1)
 
 
-def _mpi_comm(comm):
-    from mpi4py import MPI
-
-    if hasattr(comm, "mpi") and hasattr(comm, "cuda_aware"):
-        comm = comm.mpi
-    if not isinstance(comm, MPI.Comm):
-        raise TypeError(f"comm: expected an mpi4py intracommunicator or hpcore.Comm, got {type(comm).__name__}")
-    if comm == MPI.COMM_NULL:
-        raise ValueError("comm: MPI.COMM_NULL")
-    if comm.Is_inter():
-        raise TypeError("comm: hierarchical collectives need an intracommunicator")
-    return comm
-
-
 def _normalize_levels(levels, ranks_per_node) -> Optional[tuple]:
     """Local check of the ``levels`` argument; None means detect."""
     if levels is None:
@@ -221,7 +207,7 @@ class Hierarchy:
         self._owned: list = []
         self._comms: dict = {}
         self._plans: dict = {}
-        comm = _mpi_comm(comm)
+        comm = as_comm(comm)
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         error, spec = None, None

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
 import numpy as np
 
 from hpcore.arrays import array_module, is_device_array
-from hpcore.errors import HpcoreError, agree
+from hpcore.boundary import agree, as_comm
+from hpcore.errors import HpcoreError
 from hpcore.staging import BufferPool
 
 __all__ = [
@@ -239,17 +240,8 @@ def _context(comm) -> _Context:
 
 def _split_comm(comm):
     """``(mpi_comm, hpcore_comm_or_None)`` from an mpi4py intracommunicator or an ``hpcore.Comm``."""
-    MPI = _mpi()
-    hc = None
-    if hasattr(comm, "mpi") and hasattr(comm, "cuda_aware"):
-        hc, comm = comm, comm.mpi
-    if not isinstance(comm, MPI.Comm):
-        raise TypeError(f"comm: expected an mpi4py communicator or hpcore.Comm, got {type(comm).__name__}")
-    if comm == MPI.COMM_NULL:
-        raise ValueError("comm: MPI.COMM_NULL")
-    if comm.Is_inter():
-        raise TypeError("comm: ring collectives need an intracommunicator")
-    return comm, hc
+    mpi = as_comm(comm)
+    return mpi, (None if mpi is comm else comm)
 
 
 # --------------------------------------------------------------------------- transport of flat chunks

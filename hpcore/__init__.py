@@ -2,7 +2,8 @@
 
 from .arrays import array_module
 from .datatype import BlockSet, CanonicalType, StridedBlock, canonicalize, from_view, to_mpi
-from .errors import HpcoreError, agree
+from .boundary import agree, as_comm, as_op
+from .errors import HpcoreError, MismatchError
 from .pack import pack, packed_nbytes, plan, unpack
 from .transport import Comm, Request
 
@@ -15,7 +16,10 @@ __all__ = [
     "from_view",
     "to_mpi",
     "HpcoreError",
+    "MismatchError",
     "agree",
+    "as_comm",
+    "as_op",
     "pack",
     "packed_nbytes",
     "plan",

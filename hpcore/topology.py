@@ -9,7 +9,8 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
-from .errors import HpcoreError, agree, rank_prefix
+from .boundary import agree, as_comm
+from .errors import HpcoreError, rank_prefix
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only; importing mpi4py.MPI initializes MPI
     from mpi4py import MPI
@@ -283,23 +284,6 @@ def slurm_env(environ: Mapping[str, str] | None = None) -> SlurmInfo | None:
 # --------------------------------------------------------------------------- Topology
 
 
-def _as_intracomm(comm):
-    """Return the mpi4py intracommunicator behind ``comm`` (an MPI.Intracomm or a wrapper with ``.comm``)."""
-    from mpi4py import MPI
-
-    inner = comm if isinstance(comm, MPI.Comm) else getattr(comm, "comm", None)
-    if not isinstance(inner, MPI.Comm):
-        raise TypeError(
-            f"comm must be an mpi4py intracommunicator (or an hpcore.Comm wrapping one), "
-            f"got {type(comm).__name__}"
-        )
-    if inner == MPI.COMM_NULL:
-        raise ValueError("comm is MPI.COMM_NULL; pass the communicator this rank belongs to")
-    if not isinstance(inner, MPI.Intracomm) or inner.Is_inter():
-        raise TypeError(f"comm must be an intracommunicator, got {type(inner).__name__}")
-    return inner
-
-
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got bool {value!r}")
@@ -442,7 +426,7 @@ class Topology:
     ) -> None:
         from mpi4py import MPI
 
-        comm = _as_intracomm(comm)
+        comm = as_comm(comm)
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()

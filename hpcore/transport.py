@@ -10,6 +10,7 @@ from . import perfmodel
 from .arrays import as_bytes, is_device_array
 from .cuda_aware import detect_cuda_aware
 from .datatype import CanonicalType, canonicalize
+from .boundary import as_comm
 from .errors import HpcoreError, rank_prefix
 from .lazy_mpi import mpi as _mpi
 from .pack import _check_span, pack, plan, unpack
@@ -82,14 +83,7 @@ class Comm:
     """
 
     def __init__(self, comm, *, cuda_aware: Optional[bool] = None, model=None, method: Optional[Method] = None):
-        from mpi4py import MPI
-
-        if isinstance(comm, Comm):
-            comm = comm.mpi
-        if not isinstance(comm, MPI.Comm):
-            raise TypeError(f"comm: expected an mpi4py communicator, got {type(comm).__name__}")
-        if comm == MPI.COMM_NULL:
-            raise ValueError("comm: MPI.COMM_NULL")
+        comm = as_comm(comm)
         _check_method(method)
         self.mpi = comm
         self.cuda_aware = bool(detect_cuda_aware()) if cuda_aware is None else bool(cuda_aware)

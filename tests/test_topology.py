@@ -404,10 +404,14 @@ def test_topology_bad_comm(comm, error):
         Topology(comm)
 
 
-def test_topology_accepts_wrapper_with_comm_attribute():
-    wrapper = types.SimpleNamespace(comm=MPI.COMM_SELF)
-    with Topology(wrapper) as topo:
+def test_topology_takes_the_communicators_every_entry_point_takes():
+    """One rule (hpcore.as_comm): an mpi4py intracommunicator or an hpcore.Comm, nothing else."""
+    import hpcore
+
+    with Topology(hpcore.Comm(MPI.COMM_SELF)) as topo:
         assert topo.comm is MPI.COMM_SELF
+    with pytest.raises(TypeError, match="comm: expected an mpi4py intracommunicator or an hpcore.Comm"):
+        Topology(types.SimpleNamespace(comm=MPI.COMM_SELF))
 
 
 def test_node_of_bad_rank():
