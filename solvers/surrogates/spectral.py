@@ -1,0 +1,246 @@
+"""Spectral convolution (the Fourier layer of an FNO) in 1-D, 2-D and 3-D, forward and backward.
+
+``y = irfftn(P(W * T(rfftn(x)))) + bias``: the real FFT over the spatial axes, a
+truncation ``T`` to the retained modes (both signs of every non-last axis, the
+first modes of the last, halved, axis), a complex matrix ``W[:, :, mode]`` per
+retained mode acting on the channels, zero padding ``P`` back to the full
+spectrum and the inverse real FFT.
+
+The retained modes and the weight layout follow neuraloperator 0.3.0's
+``SpectralConv`` exactly, so weights transfer both ways: ``n_modes[-1]`` counts
+modes of the full last axis and keeps ``n_modes[-1] // 2 + 1`` of the half
+spectrum; along a non-last axis of size ``N`` with ``m`` weight modes the kept
+frequencies are ``p - N // 2`` for ``p`` in ``[(N - k) // 2, (N - k) // 2 + k)``,
+``k = min(N, m)`` (a centred window of the ``fftshift``-ed spectrum), and weight
+index ``(m - k) // 2 + i`` goes with the ``i``-th of them. With even ``m`` the
+window is ``-m/2 .. m/2 - 1`` at every resolution, so a trained layer evaluates at
+other grid sizes (zero-shot super-resolution).
+
+Backward uses the exact adjoints of the real FFTs as real-linear maps: the adjoint
+of ``irfftn`` is ``c * rfftn`` with the inverse normalisation (``c = 2`` on last-axis
+bins that stand for two conjugate bins, 1 on the zero and Nyquist bins), the
+adjoint of ``rfftn`` is ``irfftn(w * .)`` with ``w = 1 / c``. Nyquist bins, odd
+and even sizes need no other special case.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from hpcore.arrays import array_module
+
+from .layers import Layer, ParamSpec
+
+__all__ = ["SpectralConv", "spectral_modes", "weight_modes"]
+
+_FFT_NORMS = ("backward", "forward", "ortho")
+_INVERSE_NORM = {"backward": "forward", "forward": "backward", "ortho": "ortho"}
+
+
+def weight_modes(n_modes: Sequence[int]) -> tuple:
+    """Shape of the mode axes of the weight for user-facing ``n_modes``.
+
+    The last entry becomes ``n_modes[-1] // 2 + 1`` (the half spectrum of the real FFT),
+    as in neuraloperator.
+    """
+    modes = [int(m) for m in n_modes]
+    modes[-1] = modes[-1] // 2 + 1
+    return tuple(modes)
+
+
+def spectral_modes(spatial_shape: Sequence[int], wmodes: Sequence[int]):
+    """Which spectrum entries and which weight entries a grid of ``spatial_shape`` uses.
+
+    Returns ``(axes_index, weight_slices, kept)``: for each non-last spatial axis an
+    int array of (unshifted) FFT indices, for the last axis the count of leading
+    half-spectrum bins; the slices of the weight's mode axes; and the kept shape.
+    """
+    idx, wsl, kept = [], [], []
+    order = len(wmodes)
+    for a, (size, m) in enumerate(zip(spatial_shape, wmodes)):
+        if a == order - 1:
+            k = min(size // 2 + 1, m)
+            idx.append(k)
+            wsl.append(slice(0, k))
+        else:
+            k = min(size, m)
+            xo, wo = (size - k) // 2, (m - k) // 2
+            freq = np.arange(xo, xo + k) - size // 2
+            idx.append(freq % size)
+            wsl.append(slice(wo, wo + k))
+        kept.append(k)
+    return idx, tuple(wsl), tuple(kept)
+
+
+class _Plan:
+    """Index arrays and scale vectors for one spatial shape (cached per shape and module)."""
+
+    def __init__(self, xp, spatial, wmodes):
+        idx, self.wsl, self.kept = spectral_modes(spatial, wmodes)
+        klast = idx[-1]
+        nonlast = [xp.asarray(i) for i in idx[:-1]]
+        ix = np.ix_(*[np.asarray(i) for i in idx[:-1]]) if nonlast else ()
+        self.index = (slice(None), slice(None)) + tuple(xp.asarray(i) for i in ix) + (slice(0, klast),)
+        nlast = spatial[-1]
+        j = np.arange(klast)
+        c = np.where((j == 0) | (2 * j == nlast), 1.0, 2.0)
+        self.c = c  # host float64; cast per dtype below
+        self._cast = {}
+        self.xp = xp
+        self.spectrum_last = nlast // 2 + 1
+        self.M = int(np.prod(self.kept))
+
+    def scales(self, dtype):
+        """``(c, 1/c)`` as arrays of ``dtype`` on the plan's module."""
+        key = np.dtype(dtype).str
+        if key not in self._cast:
+            self._cast[key] = (self.xp.asarray(self.c.astype(dtype)), self.xp.asarray((1.0 / self.c).astype(dtype)))
+        return self._cast[key]
+
+
+class SpectralConv(Layer):
+    """Fourier layer: truncated-mode complex channel mixing between real FFTs.
+
+    Not collective.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    n_modes : sequence of int
+        Retained modes per spatial axis (1 to 3 axes), neuraloperator's meaning:
+        along the last axis ``n_modes[-1] // 2 + 1`` half-spectrum bins are kept.
+    bias : bool
+        Add a learned per-channel bias after the inverse FFT (default True, as
+        neuraloperator's ``SpectralConv``).
+    fft_norm : {"backward", "forward", "ortho"}
+        Normalisation of the forward FFT (neuraloperator's FNO uses its default,
+        "backward").
+
+    Notes
+    -----
+    Weight ``(in_channels, out_channels, *weight_modes(n_modes))`` complex; bias
+    ``(out_channels,)`` real. Inputs with fewer points than modes use the central
+    part of the weight, as neuraloperator does.
+    """
+
+    name = "spectral"
+
+    def __init__(self, in_channels: int, out_channels: int, n_modes: Sequence[int], bias: bool = True,
+                 fft_norm: str = "backward"):
+        super().__init__()
+        n_modes = [n_modes] if isinstance(n_modes, (int, np.integer)) else list(n_modes)
+        if not 1 <= len(n_modes) <= 3:
+            raise ValueError(f"SpectralConv: n_modes must have 1 to 3 entries, got {n_modes!r}")
+        if any(int(m) != m or m < 1 for m in n_modes):
+            raise ValueError(f"SpectralConv: n_modes must be positive integers, got {n_modes!r}")
+        if fft_norm not in _FFT_NORMS:
+            raise ValueError(f"SpectralConv: fft_norm must be one of {_FFT_NORMS}, got {fft_norm!r}")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.n_modes = tuple(int(m) for m in n_modes)
+        self.order = len(self.n_modes)
+        self.wmodes = weight_modes(self.n_modes)
+        self.bias = bool(bias)
+        self.fft_norm = fft_norm
+        self._plans = {}
+        self._saved = None
+
+    # -- parameters -------------------------------------------------------------------
+    @property
+    def init_std(self) -> float:
+        """neuraloperator's ``init_std='auto'``: ``sqrt(2 / (in + out))``."""
+        return math.sqrt(2.0 / (self.in_channels + self.out_channels))
+
+    def weight_shape(self) -> tuple:
+        return (self.in_channels, self.out_channels) + self.wmodes
+
+    def param_specs(self):
+        std = self.init_std
+
+        def init_w(rng, shape):
+            s = std / math.sqrt(2.0)
+            return rng.normal(0.0, s, size=shape) + 1j * rng.normal(0.0, s, size=shape)
+
+        specs = self.weight_specs(init_w)
+        if self.bias:
+            specs.append(ParamSpec("bias", (self.out_channels,), False, lambda rng, shape: std * rng.normal(size=shape)))
+        return specs
+
+    def weight_specs(self, init_w):
+        """The parameters that represent the complex weight (dense here; factorized in TFNO)."""
+        return [ParamSpec("weight", self.weight_shape(), True, init_w)]
+
+    def dense_weight(self):
+        """The complex weight ``(in, out, *modes)`` used by the contraction."""
+        return self.p["weight"]
+
+    def accumulate_weight_grad(self, dweight, wsl) -> None:
+        """Add ``dL/dW`` for the weight entries ``W[:, :, *wsl]`` into the parameter gradients."""
+        self.g["weight"][(slice(None), slice(None)) + wsl] += dweight
+
+    # -- forward / backward -----------------------------------------------------------
+    def _plan(self, xp, spatial):
+        key = (xp.__name__, spatial)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _Plan(xp, spatial, self.wmodes)
+        return plan
+
+    def forward(self, x):
+        """``x``: ``(batch, in_channels, *spatial)`` real -> ``(batch, out_channels, *spatial)``."""
+        if x.ndim != 2 + self.order or x.shape[1] != self.in_channels:
+            raise ValueError(f"SpectralConv: input must be (batch, {self.in_channels}, {self.order} spatial axes), "
+                             f"got shape {x.shape}")
+        xp = array_module(x)
+        batch = x.shape[0]
+        spatial = tuple(x.shape[2:])
+        plan = self._plan(xp, spatial)
+        axes = tuple(range(2, 2 + self.order))
+        X = xp.fft.rfftn(x, axes=axes, norm=self.fft_norm)
+        M = plan.M
+        Xm = xp.ascontiguousarray(X[plan.index].reshape(batch, self.in_channels, M).transpose(2, 0, 1))
+        W = self.dense_weight()[(slice(None), slice(None)) + plan.wsl]
+        Wm = xp.ascontiguousarray(W.reshape(self.in_channels, self.out_channels, M).transpose(2, 0, 1))
+        Ym = xp.matmul(Xm, Wm)  # (M, batch, out)
+        out = xp.zeros((batch, self.out_channels) + spatial[:-1] + (plan.spectrum_last,), dtype=X.dtype)
+        out[plan.index] = Ym.transpose(1, 2, 0).reshape((batch, self.out_channels) + plan.kept)
+        y = xp.fft.irfftn(out, s=spatial, axes=axes, norm=self.fft_norm)
+        if y.dtype != x.dtype:
+            y = y.astype(x.dtype)
+        if self.bias:
+            y += self.p["bias"].reshape((-1,) + (1,) * self.order)
+        self._saved = (Xm, Wm, plan, spatial, batch)
+        return y
+
+    def backward(self, dy):
+        """Accumulate weight (or factor) and bias gradients; return ``dx``."""
+        if self._saved is None:
+            raise RuntimeError("SpectralConv.backward called before forward")
+        Xm, Wm, plan, spatial, batch = self._saved
+        if dy.shape != (batch, self.out_channels) + spatial:
+            raise ValueError(f"SpectralConv.backward: dy shape {dy.shape} does not match the forward output")
+        xp = array_module(dy)
+        axes = tuple(range(2, 2 + self.order))
+        inv = _INVERSE_NORM[self.fft_norm]
+        real_dtype = dy.dtype
+        c, w = plan.scales(real_dtype)
+        if self.bias:
+            self.g["bias"] += dy.sum(axis=(0,) + axes)
+        G = xp.fft.rfftn(dy, axes=axes, norm=inv)
+        dYs = G[plan.index] * c  # (batch, out, *kept)
+        M = plan.M
+        dYm = xp.ascontiguousarray(dYs.reshape(batch, self.out_channels, M).transpose(2, 0, 1))  # (M, batch, out)
+        dWm = xp.matmul(Xm.conj().transpose(0, 2, 1), dYm)  # (M, in, out)
+        self.accumulate_weight_grad(
+            dWm.transpose(1, 2, 0).reshape((self.in_channels, self.out_channels) + plan.kept), plan.wsl)
+        dXm = xp.matmul(dYm, Wm.conj().transpose(0, 2, 1))  # (M, batch, in)
+        dX = xp.zeros((batch, self.in_channels) + spatial[:-1] + (plan.spectrum_last,), dtype=G.dtype)
+        dX[plan.index] = dXm.transpose(1, 2, 0).reshape((batch, self.in_channels) + plan.kept) * w
+        dx = xp.fft.irfftn(dX, s=spatial, axes=axes, norm=inv)
+        return dx.astype(real_dtype, copy=False)
+
+    def clear(self):
+        self._saved = None
