@@ -1,6 +1,7 @@
 """Layers of solvers.surrogates: gradients against central finite differences (float64), oracles, errors."""
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ class Stack(Model):
     """A test model: the given layers applied in sequence."""
 
     kind = "stack"
-    defaults = {}
+    defaults: ClassVar[dict] = {}
 
     def __init__(self, layers, dtype="float64", seed=0):
         self._given = layers
@@ -181,7 +182,7 @@ def test_spectral_float32_stays_float32():
 
 def test_spectral_modes_are_resolution_independent_for_even_modes():
     for size in (8, 9, 16, 33):
-        idx, wsl, kept = spectral_modes((size, size), (6, 4))
+        idx, _, kept = spectral_modes((size, size), (6, 4))
         freqs = np.where(idx[0] > size // 2, idx[0] - size, idx[0])
         assert list(freqs) == [-3, -2, -1, 0, 1, 2]
         assert idx[1] == 4 and kept == (6, 4)
@@ -191,7 +192,7 @@ def test_complex_views_share_the_flat_buffer():
     model = Stack([Dense(1, 3), SpectralConv(3, 3, (4,))])
     w = model.named_parameters()["l1.weight"]
     assert np.iscomplexobj(w) and np.shares_memory(w, model.params)
-    start = [g for g in model.param_groups() if g["name"] == "l1.weight"][0]["start"]
+    start = next(g for g in model.param_groups() if g["name"] == "l1.weight")["start"]
     assert start % 2 == 0
     w[0, 0, 0] = 2 + 3j
     assert model.params[start] == 2 and model.params[start + 1] == 3

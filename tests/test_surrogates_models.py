@@ -1,18 +1,19 @@
 """Models and losses of solvers.surrogates: finite-difference gradients, the backward hook, configs, training."""
 
+import itertools
 import json
 
 import numpy as np
 import pytest
-
-from solvers.surrogates import FNO, MLP, Adam, H1Loss, LpLoss, build_model
-
 from test_surrogates_layers import fd_check
+
+from solvers.surrogates import FNO, MLP, TFNO, Adam, H1Loss, LpLoss, build_model
+from solvers.surrogates.factorized import cp_rank, tucker_rank
 
 
 def small_fno(n_modes, **kw):
-    cfg = dict(n_modes=n_modes, hidden_channels=3, in_channels=2, out_channels=1, lifting_channels=4,
-               projection_channels=4, n_layers=2, dtype="float64", seed=3)
+    cfg = {"n_modes": n_modes, "hidden_channels": 3, "in_channels": 2, "out_channels": 1, "lifting_channels": 4,
+           "projection_channels": 4, "n_layers": 2, "dtype": "float64", "seed": 3}
     cfg.update(kw)
     return FNO(cfg)
 
@@ -55,7 +56,7 @@ def test_hook_covers_buffer_from_the_end():
     model.zero_grad()
     model.backward(np.ones_like(y), on_grads_ready=ready)
     assert calls[0][1] == model.params.size and calls[-1][0] == 0
-    for (a, b), (c, d) in zip(calls, calls[1:]):
+    for (a, _b), (_c, d) in itertools.pairwise(calls):
         assert d == a  # contiguous, decreasing
     # slices were final when reported
     for (a, b), snap in zip(calls, snapshots):
@@ -170,3 +171,54 @@ def test_training_reduces_loss_and_super_resolves(dtype):
     x32, y32 = smooth_operator_data(32, 16, seed=1)
     err32 = LpLoss()(model.forward(x32.astype(dtype)), y32.astype(dtype))[0]
     assert err64 < 0.08 and err64 < 2 * err32 + 0.01, (err32, err64)
+
+
+TFNO_CASES = [
+    ("tucker", (6,), (6,)),
+    ("cp", (7,), (4,)),
+    ("tucker", (5, 6), (4, 4)),
+    ("cp", (6, 6), (6, 6)),
+    ("tucker", (3, 4, 4), (2, 2, 4)),
+    ("cp", (4, 3, 5), (4, 2, 4)),
+]
+
+
+@pytest.mark.parametrize("fact,spatial,n_modes", TFNO_CASES, ids=[f"{f}-{s}-{m}" for f, s, m in TFNO_CASES])
+def test_tfno_gradients_in_factorized_form(fact, spatial, n_modes):
+    rng = np.random.default_rng(sum(spatial))
+    model = TFNO(n_modes=n_modes, hidden_channels=3, in_channels=2, lifting_channels=4, projection_channels=4,
+                 n_layers=2, factorization=fact, rank=0.5, dtype="float64", seed=1)
+    names = [g["name"] for g in model.param_groups()]
+    assert not any(n.endswith("spectral.weight") for n in names)
+    assert any("factor0" in n for n in names)
+    fd_check(model, rng.standard_normal((2, 2) + spatial), rng)
+
+
+def test_tfno_ranks_and_compression_match_tensorly_rules():
+    # tensorly: Tucker fraction c solves c^N prod + c sum(I^2) = rank prod; CP rank = round(rank prod / sum)
+    shape = (32, 32, 8, 5)
+    r = tucker_rank(shape, 0.1)
+    c = r[0] / 32
+    assert abs(c ** 4 * np.prod(shape) + c * sum(s * s for s in shape) - 0.1 * np.prod(shape)) < 0.1 * np.prod(shape) * 0.2
+    assert cp_rank(shape, 0.1) == round(0.1 * np.prod(shape) / sum(shape))
+    model = TFNO(n_modes=(8, 8), hidden_channels=32, n_layers=4, rank=0.05, lifting_channels=8,
+                 projection_channels=8)
+    dense, fact = model.spectral_param_counts()
+    assert dense == 4 * 2 * 32 * 32 * 8 * 5
+    assert model.compression_ratio == pytest.approx(dense / fact) and model.compression_ratio > 10
+
+
+def test_tfno_reconstruction_equals_dense_fno():
+    """A TFNO whose reconstructed weights are copied into an FNO gives the FNO's output."""
+    tf = TFNO(n_modes=(4, 4), hidden_channels=3, in_channels=1, lifting_channels=4, projection_channels=4,
+              n_layers=2, factorization="cp", rank=0.7, seed=2)
+    fno = FNO({k: v for k, v in tf.config.items() if k not in ("model", "factorization", "rank")})
+    fp = fno.named_parameters()
+    for name, view in tf.named_parameters().items():
+        if name in fp:
+            fp[name][...] = view
+    for lname, layer in tf.layers:
+        if hasattr(layer, "dense_weight") and lname.endswith("spectral"):
+            fp[lname + ".weight"][...] = layer.dense_weight()
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 7))
+    np.testing.assert_allclose(tf.forward(x), fno.forward(x), rtol=1e-12, atol=1e-12)

@@ -7,6 +7,14 @@ data-parallel trainer can overlap its allreduce with the backward pass.
 Importing does no MPI or GPU work; torch is never needed (see ``torch_interop``).
 """
 
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    read_config,
+    save_checkpoint,
+)
+from .factorized import TFNO, CPSpectralConv, TuckerSpectralConv
 from .layers import GELU, Dense, Layer, ParamSpec
 from .losses import H1Loss, LpLoss, relative_l2
 from .models import FNO, MLP, Model, build_model
@@ -14,8 +22,28 @@ from .optim import Adam, AdamW, CosineLR, StepLR
 from .spectral import SpectralConv
 
 __all__ = [
-    "Layer", "ParamSpec", "Dense", "GELU", "SpectralConv",
-    "Model", "MLP", "FNO", "build_model",
-    "LpLoss", "H1Loss", "relative_l2",
-    "Adam", "AdamW", "StepLR", "CosineLR",
+    "FNO",
+    "GELU",
+    "MLP",
+    "TFNO",
+    "Adam",
+    "AdamW",
+    "CPSpectralConv",
+    "CheckpointError",
+    "CosineLR",
+    "Dense",
+    "H1Loss",
+    "Layer",
+    "LpLoss",
+    "Model",
+    "ParamSpec",
+    "SpectralConv",
+    "StepLR",
+    "TuckerSpectralConv",
+    "build_model",
+    "load_checkpoint",
+    "load_model",
+    "read_config",
+    "relative_l2",
+    "save_checkpoint",
 ]

@@ -17,15 +17,15 @@ exactly the gradient with respect to the flat real parameter buffer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
 
 import numpy as np
 from numba import njit
 
 from hpcore.arrays import array_module
 
-__all__ = ["ParamSpec", "Layer", "Dense", "GELU", "gelu_reference"]
+__all__ = ["GELU", "Dense", "Layer", "ParamSpec", "gelu_reference"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -41,9 +41,9 @@ class ParamSpec:
     """
 
     name: str
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     is_complex: bool = False
-    init: Optional[Callable] = None
+    init: Callable | None = None
 
     @property
     def size(self) -> int:

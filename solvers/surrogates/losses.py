@@ -10,11 +10,12 @@ averages the per-sample relative errors, "sum" adds them (neuraloperator's defau
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from hpcore.arrays import array_module
 
-__all__ = ["LpLoss", "H1Loss", "relative_l2"]
+__all__ = ["H1Loss", "LpLoss", "relative_l2"]
 
 
 def _check_pair(pred, y, name):
@@ -85,7 +86,7 @@ class H1Loss:
     reduction : {"mean", "sum"}
     """
 
-    def __init__(self, d: int = 1, L: Optional[Sequence[float]] = None,
+    def __init__(self, d: int = 1, L: Sequence[float] | None = None,
                  derivative: Literal["spectral", "central"] = "spectral",
                  reduction: Literal["mean", "sum"] = "mean"):
         if d not in (1, 2, 3):

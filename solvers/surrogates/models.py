@@ -17,7 +17,8 @@ real trainable numbers, ``params.size`` the buffer length (``>= n_params``).
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from hpcore.arrays import array_module
 from .layers import GELU, Dense
 from .spectral import SpectralConv
 
-__all__ = ["Model", "MLP", "FNO", "build_model", "MODEL_KINDS", "grid_channels"]
+__all__ = ["FNO", "MLP", "MODEL_KINDS", "Model", "build_model", "grid_channels"]
 
 _DTYPES = ("float32", "float64")
 
@@ -53,9 +54,9 @@ class Model:
 
     kind = "model"
     #: config keys with their defaults (subclasses extend); ``build_model`` accepts exactly these
-    defaults: dict = {}
+    defaults: ClassVar[dict] = {}
 
-    def __init__(self, config: Optional[dict] = None, **kwargs):
+    def __init__(self, config: dict | None = None, **kwargs):
         cfg = dict(self.defaults)
         given = dict(config or {})
         given.update(kwargs)
@@ -164,7 +165,7 @@ class Model:
         return array_module(self.params)
 
     # -- conversions --------------------------------------------------------------------
-    def astype(self, dtype) -> "Model":
+    def astype(self, dtype) -> Model:
         """A copy of this model with parameters converted to ``dtype`` (float32/float64)."""
         cfg = dict(self.config)
         cfg["dtype"] = _check_dtype(dtype)
@@ -173,7 +174,7 @@ class Model:
         other.params[...] = self.params.astype(other.dtype)
         return other
 
-    def to(self, xp) -> "Model":
+    def to(self, xp) -> Model:
         """Move parameters and gradients to array module ``xp`` (numpy or cupy), in place."""
         if xp is array_module(self.params):
             return self
@@ -182,7 +183,7 @@ class Model:
         self._bind()
         return self
 
-    def copy(self) -> "Model":
+    def copy(self) -> Model:
         """An independent copy (same config and parameter values)."""
         other = build_model(copy.deepcopy(self.config))
         other.to(self.xp)
@@ -198,7 +199,7 @@ class Model:
 
     __call__ = forward
 
-    def backward(self, dy, on_grads_ready: Optional[Callable[[int, int], None]] = None):
+    def backward(self, dy, on_grads_ready: Callable[[int, int], None] | None = None):
         """Accumulate ``dL/dparams`` into ``grads`` and return ``dL/dx``.
 
         ``on_grads_ready(start, stop)`` is called, in decreasing ``start`` order, each
@@ -253,7 +254,7 @@ class MLP(Model):
     """
 
     kind = "mlp"
-    defaults = {"in_channels": 1, "out_channels": 1, "hidden_channels": 64, "n_layers": 2}
+    defaults: ClassVar[dict] = {"in_channels": 1, "out_channels": 1, "hidden_channels": 64, "n_layers": 2}
 
     def _validate(self, cfg):
         for key in self.defaults:
@@ -317,7 +318,7 @@ class FNO(Model):
     """
 
     kind = "fno"
-    defaults = {"n_modes": (16, 16), "hidden_channels": 32, "in_channels": 1, "out_channels": 1,
+    defaults: ClassVar[dict] = {"n_modes": (16, 16), "hidden_channels": 32, "in_channels": 1, "out_channels": 1,
                 "lifting_channels": 256, "projection_channels": 256, "n_layers": 4,
                 "positional_embedding": False, "fft_norm": "backward"}
 

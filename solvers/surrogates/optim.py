@@ -18,7 +18,7 @@ from numba import njit
 
 from hpcore.arrays import array_module
 
-__all__ = ["Adam", "AdamW", "StepLR", "CosineLR"]
+__all__ = ["Adam", "AdamW", "CosineLR", "StepLR"]
 
 
 @njit(cache=True)

@@ -26,7 +26,7 @@ and even sizes need no other special case.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
