@@ -9,6 +9,7 @@ import numpy as np
 
 from hpcore.arrays import array_module, is_device_array
 from hpcore.boundary import agree, as_comm
+from hpcore.errors import MismatchError
 from hpcore.topology import Topology
 
 from .placement import balanced_dims, halo_bytes_by_node, node_block_grid, row_major_grid, split_extent
@@ -108,14 +109,12 @@ class CartDecomposition:
             args = (shape, per, given, grid_dims, placement)
         except (TypeError, ValueError) as exc:
             error = exc
-        agree(base, error)
-        calls = base.allgather(args)
-        if len(set(calls)) > 1:
-            detail = "; ".join(f"rank {r}: global_shape={c[0]}, periodic={c[1]}, dims={c[2]}, placement={c[4]!r}"
-                               for r, c in enumerate(calls) if c != calls[0])
-            raise ValueError("CartDecomposition: arguments differ between ranks (rank 0: global_shape="
-                             f"{calls[0][0]}, periodic={calls[0][1]}, dims={calls[0][2]}, "
-                             f"placement={calls[0][4]!r}); {detail}")
+        fields = {} if error is not None else dict(zip(("global_shape", "periodic", "dims", "placement"),
+                                                      (shape, per, given, placement)))
+        try:
+            agree(base, error, what="CartDecomposition", **fields)
+        except MismatchError as exc:
+            raise ValueError(f"CartDecomposition: arguments differ between ranks ({exc})") from None
         shape, per, _, grid_dims, placement = args
 
         with Topology(base, ranks_per_node=ranks_per_node) as topo:
@@ -130,6 +129,7 @@ class CartDecomposition:
         grid.flags.writeable = False
 
         self.comm = base.Dup()
+        self._freed = False
         from mpi4py import MPI
 
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
@@ -209,6 +209,34 @@ class CartDecomposition:
         return out
 
     # ----------------------------------------------------------------- I/O (collective)
+    @property
+    def freed(self) -> bool:
+        """True after :meth:`free` (the decomposition can no longer communicate). Not collective."""
+        return self._freed
+
+    def require_live(self, what: str) -> None:
+        """Raise ``ValueError`` naming ``what`` if this decomposition was freed. Not collective.
+
+        :meth:`free` is collective, so every rank raises alike, before any communication.
+        """
+        if self.freed:
+            raise ValueError(f"{what}: the CartDecomposition was freed (free() or the end of its with block); "
+                             "build a new one")
+
+    def _io_arguments(self, what: str, root, ghost) -> tuple:
+        """Check ``root`` and ``ghost`` locally and agree on them. Collective; returns ``(root, ghost per axis)``."""
+        self.require_live(f"CartDecomposition.{what}")
+        error, g = None, None
+        try:
+            root = _index("root", root)
+            if not 0 <= root < self.size:
+                raise ValueError(f"root must be in [0, {self.size}), got {root}")
+            g = _per_axis("ghost", ghost, self.ndim, _index)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        agree(self.comm, error, what=f"CartDecomposition.{what}", root=root, ghost=g)
+        return root, g
+
     def _local_view(self, local, ghost: tuple, name: str):
         lead = tuple(n + 2 * g for n, g in zip(self.local_shape, ghost))
         if not hasattr(local, "shape") or tuple(local.shape[: self.ndim]) != lead:
@@ -224,10 +252,7 @@ class CartDecomposition:
         ``local_shape + 2*ghost + components`` on every rank, on ``root``'s array
         module (NumPy, or CuPy on the current device), ghost cells zero.
         """
-        root = _index("root", root)
-        if not 0 <= root < self.size:
-            raise ValueError(f"root must be in [0, {self.size}), got {root}")
-        g = _per_axis("ghost", ghost, self.ndim, _index)
+        root, g = self._io_arguments("scatter", root, ghost)
         meta, error = None, None
         if self.rank == root:
             try:
@@ -243,11 +268,8 @@ class CartDecomposition:
                 meta = (tuple(a.shape[self.ndim:]), a.dtype.str, is_device_array(a))
             except (TypeError, ValueError) as exc:
                 error = exc
-            meta = (meta, None if error is None else (type(error), str(error)))
-        meta, err = self.comm.bcast(meta, root=root)
-        if err is not None:
-            raise err[0](f"rank {root}/{self.size}: {err[1]}")
-        comps, dtype, device = meta
+        agree(self.comm, error)  # only root can fail here
+        comps, dtype, device = self.comm.bcast(meta, root=root)
         xp = None
         try:
             xp = array_module(global_array) if self.rank == root else _module(device)
@@ -281,10 +303,7 @@ class CartDecomposition:
         Returns the array of shape ``global_shape + components`` on ``root`` (on
         ``root``'s array module) and None elsewhere.
         """
-        root = _index("root", root)
-        if not 0 <= root < self.size:
-            raise ValueError(f"root must be in [0, {self.size}), got {root}")
-        g = _per_axis("ghost", ghost, self.ndim, _index)
+        root, g = self._io_arguments("gather", root, ghost)
         error, meta = None, None
         try:
             interior = self._local_view(local, g, "local")
@@ -293,11 +312,11 @@ class CartDecomposition:
             meta = (tuple(local.shape[self.ndim:]), local.dtype.str)
         except (TypeError, ValueError) as exc:
             error = exc
-        agree(self.comm, error)
-        metas = self.comm.allgather(meta)
-        if len(set(metas)) > 1:
-            raise ValueError("gather: dtype or component axes differ between ranks: " +
-                             ", ".join(f"rank {r}: {m}" for r, m in enumerate(metas)))
+        fields = {} if error is not None else {"components": meta[0], "dtype": meta[1]}
+        try:
+            agree(self.comm, error, what="CartDecomposition.gather", **fields)
+        except MismatchError as exc:
+            raise ValueError(f"gather: dtype or component axes differ between ranks ({exc})") from None
         comps, dtype = meta
         xp = array_module(local)
         from hpcore.transport import Comm
@@ -322,6 +341,7 @@ class CartDecomposition:
         """Free the duplicated communicator. Collective; safe to call twice."""
         from mpi4py import MPI
 
+        self._freed = True
         if self.comm != MPI.COMM_NULL and not MPI.Is_finalized():
             self.comm.Free()
 

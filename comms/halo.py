@@ -33,7 +33,8 @@ import numpy as np
 
 from hpcore.arrays import cupy_or_none, is_device_array
 from hpcore.datatype import OwnedDatatype, canonicalize, from_view, to_mpi
-from hpcore.errors import HpcoreError, agree
+from hpcore.boundary import agree
+from hpcore.errors import MismatchError
 from hpcore.lazy_mpi import mpi
 from hpcore.pack import pack, unpack
 
@@ -49,7 +50,7 @@ POISON = -1
 _MAX_PLANS = 8
 
 
-class HaloMismatchError(HpcoreError):
+class HaloMismatchError(MismatchError):
     """A neighbour's fields differ from this rank's, or the neighbour had invalid fields."""
 
 
@@ -362,6 +363,7 @@ class HaloExchange:
         if not isinstance(decomposition, CartDecomposition):
             raise TypeError(f"decomposition: expected a CartDecomposition, got {type(decomposition).__name__}")
         d = decomposition
+        d.require_live("HaloExchange")
         self.decomposition = d
         self.comm = d.comm
         error, args = None, None
@@ -384,11 +386,11 @@ class HaloExchange:
             args = (g, stencil, method)
         except (TypeError, ValueError) as exc:
             error = exc
-        agree(self.comm, error)
-        calls = self.comm.allgather(args)
-        if len(set(calls)) > 1:
-            raise ValueError("HaloExchange: ghost, stencil or method differ between ranks: " +
-                             ", ".join(f"rank {r}: {c}" for r, c in enumerate(calls)))
+        fields = {} if error is not None else dict(zip(("ghost", "stencil", "method"), args))
+        try:
+            agree(self.comm, error, what="HaloExchange", **fields)
+        except MismatchError as exc:
+            raise ValueError(f"HaloExchange: ghost, stencil or method differ between ranks ({exc})") from None
         self.ghost, self.stencil, _ = args
         self.full_shape = tuple(n + 2 * x for n, x in zip(d.local_shape, self.ghost))
         self.directions = halo_directions(self.ghost, stencil)
@@ -536,6 +538,8 @@ class HaloExchange:
         round with a poison signature, and its neighbours raise
         :class:`HaloMismatchError` from ``wait``.
         """
+        if self.decomposition._freed:  # free() is collective: every rank raises here, before any message
+            self.decomposition.require_live("HaloExchange.start")
         plan = None
         if fields and all(type(f) is np.ndarray for f in fields):  # hot path: a plan built before
             plan = self._plans.get(self._key(fields, False))

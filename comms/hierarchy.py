@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 
-from hpcore.arrays import array_module, is_device_array
-from hpcore.boundary import agree, as_comm
+from hpcore.arrays import array_module
+from hpcore.boundary import agree, as_comm, as_op
+from hpcore.errors import MismatchError
 
 from .levels import Layout, ring_bytes_sent, ring_messages
-from .ring import RingMismatchError, ring_allgather, ring_allreduce, ring_blocks, ring_reduce_scatter
+from .ring import ring_allgather, ring_allreduce, ring_reduce_scatter
+from .ring_engine import RingMismatchError, check_array, check_numeric_dtype, check_out, flat, ring_blocks
 
 __all__ = ["Hierarchy", "HierarchyMismatchError", "Traffic"]
 
 Collective = Literal["allreduce", "reduce_scatter", "allgather"]
 Schedule = Union[Literal["hierarchical", "flat", "auto"], Sequence[Union[int, str]]]
 
-_OPS = ("sum", "prod", "max", "min")
-
-
 class HierarchyMismatchError(RingMismatchError):
     """Ranks called a hierarchical collective with different sizes, dtypes, ops, schedules or
     levels (raised on every rank)."""
+
+    hint = ("every rank must make the same Hierarchy call with the same element count (allgather: trailing shape), "
+            "dtype, op, schedule and level")
 
 
 # --------------------------------------------------------------------------- traffic
@@ -61,53 +62,6 @@ class Traffic:
 
 
 # --------------------------------------------------------------------------- argument checks
-
-
-def _op_name(op) -> str:
-    if op is None:
-        return "sum"
-    if isinstance(op, str):
-        if op.lower() in _OPS:
-            return op.lower()
-        raise ValueError(f"op: expected MPI.SUM, MPI.PROD, MPI.MAX, MPI.MIN or one of {list(_OPS)}, got {op!r}")
-    from mpi4py import MPI
-
-    for name, mop in (("sum", MPI.SUM), ("prod", MPI.PROD), ("max", MPI.MAX), ("min", MPI.MIN)):
-        if isinstance(op, MPI.Op) and op == mop:
-            return name
-    raise ValueError(f"op: hierarchical collectives support MPI.SUM, MPI.PROD, MPI.MAX and MPI.MIN, got {op!r}")
-
-
-def _check_x(x, op: str) -> None:
-    if not (isinstance(x, np.ndarray) or is_device_array(x)):
-        raise TypeError(f"x: expected a NumPy or CuPy array, got {type(x).__name__}")
-    if x.dtype.kind not in "iufc":
-        raise TypeError(f"x: hierarchical collectives need a numeric dtype, got {x.dtype}")
-    if not x.dtype.isnative:
-        raise TypeError(f"x: dtype {x.dtype} is not in native byte order")
-    if x.dtype.kind == "c" and op in ("max", "min"):
-        raise ValueError(f"op: {op.upper()} is not defined for complex dtype {x.dtype}")
-
-
-def _check_out(out, x) -> None:
-    if not (isinstance(out, np.ndarray) or is_device_array(out)) or is_device_array(out) != is_device_array(x):
-        raise TypeError(f"out: expected an array where x lives ({'device' if is_device_array(x) else 'host'}), "
-                        f"got {type(out).__name__}")
-    if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
-        raise ValueError(f"out: expected shape {tuple(x.shape)} and dtype {x.dtype}, got {tuple(out.shape)} {out.dtype}")
-    if isinstance(out, np.ndarray) and not out.flags.writeable:
-        raise ValueError("out: is read-only")
-
-
-def _dtype_code(dtype) -> int:
-    return ord(dtype.kind) * 256 + dtype.itemsize
-
-
-def _flat(x):
-    xp = array_module(x)
-    if not x.flags.c_contiguous:
-        x = xp.ascontiguousarray(x)
-    return x.reshape(-1)
 
 
 def _normalize_levels(levels, ranks_per_node) -> Optional[tuple]:
@@ -205,6 +159,7 @@ class Hierarchy:
     def __init__(self, comm, levels=None, ranks_per_node=None, *, source="auto", names=None, model=None,
                  environ=None):
         self._owned: list = []
+        self._freed = False
         self._comms: dict = {}
         self._plans: dict = {}
         comm = as_comm(comm)
@@ -223,13 +178,12 @@ class Hierarchy:
                                 f"{type(model).__name__}")
         except Exception as exc:  # noqa: BLE001 - agreed on below
             error = exc
-        agree(comm, error)
-        key = repr((spec, names, ranks_per_node, source, isinstance(model, str) and model))
-        keys = comm.allgather(key)
-        if len(set(keys)) > 1:
-            detail = "; ".join(f"rank {r}: {k}" for r, k in enumerate(keys) if k != keys[0])
+        try:
+            agree(comm, error, what="Hierarchy", levels=spec, names=names, ranks_per_node=ranks_per_node,
+                  source=source, model=isinstance(model, str) and model)
+        except MismatchError as exc:
             raise ValueError(f"Hierarchy: levels, names, ranks_per_node, source and model must be the same on "
-                             f"every rank (rank 0: {keys[0]}; {detail})")
+                             f"every rank ({exc})") from None
         self.layout = self._build_layout(spec, names, ranks_per_node, source, environ)
         if model is not None and model != "measure":
             self._check_model(model)  # equal on every rank: the layout is
@@ -443,60 +397,35 @@ class Hierarchy:
     # ----------------------------------------------------------------- agreement
 
     def _prepare(self, what: str, x, op, schedule, level, rows_mode: bool, out=None):
-        """Local checks, then one collective agreement over ``comm``. Returns
-        ``(op name, kept, top, table or None)``; raises the same error on every rank."""
-        error, name, kept, top = None, "sum", (), self.layout.num_levels - 1
+        """Local checks, then one agreement over ``comm`` (:func:`hpcore.agree`); the ring
+        collectives underneath then skip theirs (``agreed=True``). Returns ``(op name, kept,
+        top, rows per rank or None)``; raises the same error on every rank."""
+        error, name, kept, top, fields = None, "sum", (), self.layout.num_levels - 1, {}
         try:
+            if self._freed:
+                raise ValueError(f"Hierarchy.{what}: this Hierarchy was freed (free() or the end of its with block)")
             if what != "allgather":
-                name = _op_name(op)
-            _check_x(x, name)
+                name = as_op(op)
+            check_array(x, "x")
+            check_numeric_dtype(x.dtype, name, "x")
             if out is not None:
-                _check_out(out, x)
+                check_out(out, x, array_module(x), x.shape, x.dtype)
             top = self.layout.num_levels - 1 if level is None else self.layout.level_index(level)
             if isinstance(schedule, str) and schedule == "auto":
                 kept = self.choose(what, x.size, x.dtype, top)
             else:
                 kept = self.layout.schedule(schedule, top)
+            shape = tuple(x.shape) if x.ndim else (1,)
+            fields = {"trailing_shape": shape[1:]} if rows_mode else {"count": int(x.size), "op": name}
+            fields.update(dtype=x.dtype, schedule=self._describe(kept, top))
         except Exception as exc:  # noqa: BLE001 - agreed on below
             error = exc
-        code = sum(1 << i for i in kept) + (top << 16) if error is None else 0
-        ok = error is None
-        if rows_mode:
-            if ok:
-                shape = tuple(x.shape) if x.ndim else (1,)
-                mine = np.array([0, shape[0], _dtype_code(x.dtype), len(shape) - 1,
-                                 zlib.crc32(repr(shape[1:]).encode()), code], dtype=np.int64)
-            else:
-                mine = np.array([1, 0, 0, 0, 0, 0], dtype=np.int64)
-            table = np.empty((self.size, mine.size), dtype=np.int64)
-            self.comm.Allgather(mine, table)
-            if table[:, 0].any():
-                agree(self.comm, error)
-            if (table[:, 2:] != table[0, 2:]).any():
-                rows = [f"rank {r}: dtype code {int(t[2])}, trailing ndim {int(t[3])}, schedule/level code {int(t[5])}"
-                        for r, t in enumerate(table)]
-                raise HierarchyMismatchError(f"Hierarchy.{what}: ranks disagree on dtype, trailing shape, schedule or "
-                                             "level (all but the first axis must match); " + "; ".join(rows))
-            return name, kept, top, table
-        from mpi4py import MPI
-
-        count = int(x.size) if ok else 0
-        dcode = _dtype_code(x.dtype) if ok else 0
-        opc = _OPS.index(name) + 1
-        vals = [0 if ok else 1, count, -count, dcode, -dcode, opc, -opc, code, -code]
-        mine = np.array(vals, dtype=np.int64)
-        if not ok:
-            mine[1:] = np.iinfo(np.int64).min
-        agreed = np.empty_like(mine)
-        self.comm.Allreduce(mine, agreed, op=MPI.MAX)
-        if agreed[0]:
-            agree(self.comm, error)
-        if not all(agreed[i] == -agreed[i + 1] for i in (1, 3, 5, 7)):
-            table = self.comm.allgather((count, str(x.dtype), name, self._describe(kept, top)))
-            parts = [f"rank {r}: count={c}, dtype={d}, op={o}, schedule={s}" for r, (c, d, o, s) in enumerate(table)]
-            raise HierarchyMismatchError(f"Hierarchy.{what}: ranks disagree on the element count, dtype, op, schedule "
-                                         f"or level ({'; '.join(parts)})")
-        return name, kept, top, None
+        agree(self.comm, error, what=f"Hierarchy.{what}", mismatch=HierarchyMismatchError, **fields)
+        if not rows_mode:
+            return name, kept, top, None
+        rows = np.empty(self.size, dtype=np.int64)
+        self.comm.Allgather(np.array([shape[0]], dtype=np.int64), rows)
+        return name, kept, top, rows
 
     def _describe(self, kept, top) -> str:
         return "[" + ", ".join(self.layout.names[i] for i in kept) + f"] up to {self.layout.names[top]}"
@@ -530,7 +459,7 @@ class Hierarchy:
         array shaped like ``x`` (``out`` when given).
         """
         op_name, kept, top, _ = self._prepare("allreduce", x, op, schedule, level, False, out)
-        src = _flat(x)
+        src = flat(x)
         itemsize = x.dtype.itemsize
         rngs = [(a, b) for a, b in self.layout.ranges(kept) if self.layout.factor(a, b) > 1]
         if not rngs:
@@ -541,16 +470,16 @@ class Hierarchy:
             for a, b in rngs[:-1]:
                 m, p = self.layout.factor(a, b), self.layout.position(self.rank, a, b)
                 counts, _ = ring_blocks(cur.size, m)
-                nxt = ring_reduce_scatter(self._comm_of(a, b), cur, op_name)
+                nxt = ring_reduce_scatter(self._comm_of(a, b), cur, op_name, agreed=True)
                 self._record(a, b, "reduce_scatter", counts, p, itemsize)
                 pieces.append(counts)
                 cur = nxt
             a, b = rngs[-1]
             counts, _ = ring_blocks(cur.size, self.layout.factor(a, b))
-            cur = ring_allreduce(self._comm_of(a, b), cur, op_name)
+            cur = ring_allreduce(self._comm_of(a, b), cur, op_name, agreed=True)
             self._record(a, b, "allreduce", counts, self.layout.position(self.rank, a, b), itemsize)
             for (a, b), counts in zip(reversed(rngs[:-1]), reversed(pieces)):
-                cur = ring_allgather(self._comm_of(a, b), cur)
+                cur = ring_allgather(self._comm_of(a, b), cur, agreed=True)
                 self._record(a, b, "allgather", counts, self.layout.position(self.rank, a, b), itemsize)
             result = cur
         result = result.reshape(x.shape)
@@ -599,7 +528,7 @@ class Hierarchy:
         """
         op_name, kept, top, _ = self._prepare("reduce_scatter", x, op, schedule, level, False)
         xp = array_module(x)
-        src = _flat(x)
+        src = flat(x)
         itemsize = x.dtype.itemsize
         members, flat_index, order, counts, pad, identity = self._scatter_plan(kept, top, int(src.size))
         _, displs = ring_blocks(int(src.size), len(members))
@@ -619,7 +548,7 @@ class Hierarchy:
         for a, b in rngs:
             m, p = self.layout.factor(a, b), self.layout.position(self.rank, a, b)
             cs, _ = ring_blocks(cur.size, m)
-            cur = ring_reduce_scatter(self._comm_of(a, b), cur, op_name)
+            cur = ring_reduce_scatter(self._comm_of(a, b), cur, op_name, agreed=True)
             self._record(a, b, "reduce_scatter", cs, p, itemsize)
         mine = counts[flat_index(self.rank)]
         return cur[:mine].copy() if pad else cur
@@ -640,13 +569,13 @@ class Hierarchy:
         """
         _, kept, top, table = self._prepare("allgather", x, None, schedule, level, True)
         xp = array_module(x)
-        src = _flat(x)
+        src = flat(x)
         tail = tuple(x.shape[1:]) if x.ndim else ()
         row = int(np.prod(tail)) if tail else 1
         itemsize = x.dtype.itemsize
         lay = self.layout
         members = self.group(top)
-        rows = {r: int(table[r, 1]) for r in members}
+        rows = {r: int(table[r]) for r in members}
         all_rngs = lay.ranges(kept)
         live = [k for k, (a, b) in enumerate(all_rngs) if lay.factor(a, b) > 1]
         cur = src
@@ -658,7 +587,7 @@ class Hierarchy:
             held: dict = {}
             for q in members:
                 held[keys[q]] = held.get(keys[q], 0) + rows[q] * row
-            cur = ring_allgather(self._comm_of(a, b), cur)
+            cur = ring_allgather(self._comm_of(a, b), cur, agreed=True)
             self._record(a, b, "allgather", [held[keys[r]] for r in ring], ring.index(self.rank), itemsize)
         order = lay.order(kept, members) if live else members
         by_flat = sorted(members, key=lambda r: lay.position(r, 0, top))
@@ -684,6 +613,7 @@ class Hierarchy:
         """Free the sub-communicators; safe to call twice. Collective on ``comm``."""
         owned, self._owned = self._owned, []
         self._comms = {}
+        self._freed = True
         for sub in owned:
             sub.Free()
 

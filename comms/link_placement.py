@@ -18,7 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from hpcore.errors import agree
+from hpcore.boundary import agree
+from hpcore.errors import MismatchError
 
 __all__ = ["detect_link_class", "link_classes", "Placement", "link_aware_order", "identity_placement", "reorder"]
 
@@ -223,8 +224,6 @@ def reorder(comm, placement: Placement):
     a different one raises the same ``ValueError`` on every rank). The caller frees the
     result.
     """
-    import zlib
-
     error = None
     try:
         if not isinstance(placement, Placement):
@@ -233,8 +232,8 @@ def reorder(comm, placement: Placement):
             raise ValueError(f"placement: order is not a permutation of the {comm.Get_size()} ranks of comm")
     except Exception as exc:  # noqa: BLE001 - agreed on below
         error = exc
-    agree(comm, error)
-    digests = comm.allgather(zlib.crc32(repr(placement.order).encode()))
-    if len(set(digests)) > 1:
-        raise ValueError("reorder: ranks passed different placements")
+    try:
+        agree(comm, error, what="reorder", order=None if error is not None else placement.order)
+    except MismatchError:
+        raise ValueError("reorder: ranks passed different placements") from None
     return comm.Split(0, placement.new_rank(comm.Get_rank()))

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Literal, Optional
 
 import numpy as np
 
 from hpcore.arrays import array_module, is_device_array
-from hpcore.errors import agree
+from hpcore.boundary import agree
 
-from .ring import RingMismatchError, _context, _dtype_code, _dtype_name, _make_link, _split_comm
+from .ring_engine import RingMismatchError, make_link, ring_context, split_comm
 
 __all__ = [
     "RingAttention",
@@ -197,8 +196,8 @@ class RingAttention:
 
     def __init__(self, comm, causal: bool = False, *, scale: Optional[float] = None, layout: Layout = "zigzag",
                  block_size: Optional[int] = DEFAULT_BLOCK_SIZE):
-        self._mpi, self._hc = _split_comm(comm)
-        self._ctx = _context(self._mpi)  # collective on first use of comm (a private duplicate)
+        self._mpi, self._hc = split_comm(comm)
+        self._ctx = ring_context(self._mpi)  # collective on first use of comm (a private duplicate)
         error = None
         try:
             _check_layout(layout)
@@ -208,7 +207,9 @@ class RingAttention:
                 raise ValueError(f"scale: expected a finite number, got {scale}")
         except Exception as exc:  # noqa: BLE001 - raised on every rank by agree()
             error = exc
-        agree(self._ctx.comm, error)
+        # causal, scale and layout decide which scores each rank computes: they must match
+        agree(self._ctx.comm, error, what="RingAttention", mismatch=RingMismatchError, causal=bool(causal),
+              scale=None if error is not None or scale is None else float(scale), layout=layout)
         self.causal = bool(causal)
         self.scale = None if scale is None else float(scale)
         self.layout = layout
@@ -222,31 +223,9 @@ class RingAttention:
 
     # ------------------------------------------------------------------ checks
     def _agree(self, error, fields: dict, what: str) -> None:
-        """One small allreduce: any local error, or ``fields`` (name -> int) that differ
-        between ranks, raise the same error on every rank. Collective.
-
-        ``fields`` has the same names on every rank; a rank with an error passes zeros.
-        """
-        from mpi4py import MPI
-
-        comm = self._ctx.comm
-        vals = [0 if error is None else 1] + [int(v) for v in fields.values()]
-        mine = np.array(vals + [-v for v in vals[1:]], dtype=np.int64)
-        if error is not None:
-            mine[1:] = np.iinfo(np.int64).min
-        agreed = np.empty_like(mine)
-        comm.Allreduce(mine, agreed, op=MPI.MAX)
-        if agreed[0]:
-            agree(comm, error)
-        m = len(fields)
-        if (agreed[1:1 + m] != -agreed[1 + m:]).any():
-            table = comm.allgather(fields)
-            differ = [name for name in fields if len({t[name] for t in table}) > 1]
-            shown = {"dtype": _dtype_name}
-            rows = "; ".join(f"rank {r}: " + ", ".join(f"{n}={shown.get(n, int)(t[n])}" for n in differ)
-                             for r, t in enumerate(table))
-            raise RingMismatchError(f"RingAttention.{what}: ranks disagree on {', '.join(differ)} ({rows}); every "
-                                    "rank must pass the same (*batch, L_local, d) shapes, dtype and memory kind")
+        """:func:`hpcore.agree` on ``fields`` over the private duplicate; a mismatch raises
+        :class:`RingMismatchError` on every rank. Collective."""
+        agree(self._ctx.comm, error, what=f"RingAttention.{what}", mismatch=RingMismatchError, **fields)
 
     def _check_qkv(self, q, k, v):
         for name, a in (("q", q), ("k", k), ("v", v)):
@@ -271,7 +250,7 @@ class RingAttention:
 
     # ------------------------------------------------------------------ helpers
     def _links(self, device: bool, n: int):
-        return [_make_link(self._ctx, self._hc, device, self._ctx.next_tag()) for _ in range(n)]
+        return [make_link(self._ctx, self._hc, device, self._ctx.next_tag()) for _ in range(n)]
 
     def _record(self, batch: int, tq: int, tk: int) -> None:
         if batch * tq * tk > self.stats["score_tile_elements"]:
@@ -324,10 +303,9 @@ class RingAttention:
             self._check_qkv(q, k, v)
         except Exception as exc:  # noqa: BLE001 - raised on every rank by _agree
             error = exc
-        names = ("L_local", "d", "dv", "ndim", "dtype", "batch_shape_crc32", "device")
-        fields = dict.fromkeys(names, 0) if error is not None else dict(zip(names, (
-            q.shape[-2], q.shape[-1], v.shape[-1], q.ndim, _dtype_code(q.dtype),
-            zlib.crc32(repr(tuple(q.shape[:-2])).encode()), int(is_device_array(q)))))
+        fields = {} if error is not None else {
+            "L_local": q.shape[-2], "d": q.shape[-1], "dv": v.shape[-1], "batch_shape": tuple(q.shape[:-2]),
+            "dtype": q.dtype, "device": bool(is_device_array(q))}
         self._agree(error, fields, "forward")
 
         xp = array_module(q)
@@ -425,7 +403,7 @@ class RingAttention:
                                  f"got {dout.shape} {dout.dtype}")
         except Exception as exc:  # noqa: BLE001 - raised on every rank by _agree
             error = exc
-        self._agree(error, {"dout_size": 0 if error is not None else int(dout.size)}, "backward")
+        self._agree(error, {"dout_size": None if error is not None else int(dout.size)}, "backward")
 
         q, k, v, qs, out, lse, scale = self._saved
         xp = array_module(q)

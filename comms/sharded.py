@@ -9,7 +9,8 @@ from typing import Callable, Literal, Optional, Union
 import numpy as np
 
 from hpcore.arrays import array_module, is_device_array
-from hpcore.errors import HpcoreError, agree
+from hpcore.boundary import agree
+from hpcore.errors import HpcoreError, MismatchError
 
 from .hierarchy import Hierarchy, Traffic
 from .ring import ring_blocks
@@ -150,17 +151,17 @@ class ShardedState:
                                 f"{type(optimizer).__name__}")
             if average and params.dtype.kind not in "fc":
                 raise TypeError(f"average=True needs a floating dtype, params are {params.dtype}; pass average=False")
+            flat = params.reshape(-1)
+            host = flat.get() if is_device_array(flat) else flat
+            fields = {"size": int(flat.size), "dtype": flat.dtype, "secondary": sec,
+                      "checksum": f"{zlib.crc32(np.ascontiguousarray(host).view(np.uint8)):08x}"}
         except Exception as exc:  # noqa: BLE001 - agreed on below
-            error = exc
-        agree(comm, error)
-        flat = params.reshape(-1)
-        host = flat.get() if is_device_array(flat) else flat
-        digest = (int(flat.size), str(flat.dtype), zlib.crc32(np.ascontiguousarray(host).view(np.uint8)), sec)
-        table = comm.allgather(digest)
-        if len(set(table)) > 1:
-            raise ValueError("ShardedState: ranks passed different params (size, dtype, contents) or secondary levels: "
-                             + "; ".join(f"rank {r}: size={t[0]}, dtype={t[1]}, checksum={t[2]:08x}, secondary={t[3]}"
-                                         for r, t in enumerate(table)))
+            error, fields = exc, {}
+        try:
+            agree(comm, error, what="ShardedState", **fields)
+        except MismatchError as exc:
+            raise ValueError(f"ShardedState: ranks passed different params (size, dtype, contents) or secondary "
+                             f"levels ({exc})") from None
         self.shape = tuple(params.shape)
         self.dtype = params.dtype
         self.count = int(flat.size)

@@ -185,7 +185,7 @@ def agree(comm, error: Optional[BaseException] = None, *, what: str = "",
         Values that must be equal on every rank (counts, shapes, dtypes, op names, roots,
         flags, chunk sizes...), compared after :func:`normalize`. If they differ, every
         rank raises :class:`MismatchError` naming ``what``, each differing field and the
-        ranks holding each value.
+        ranks holding each value, as ``name=value on ranks ...``.
     mismatch : type
         The :class:`MismatchError` subclass to raise on a mismatch (e.g.
         ``comms.RingMismatchError``); ``mismatch`` is therefore not a field name.
@@ -321,8 +321,9 @@ def _raise_mismatch(comm, what: str, norm: dict, mismatch: type) -> None:
         for r, (w, f) in enumerate(table):
             value = w if name == "call" else f.get(name, _ABSENT)
             groups.setdefault(repr(value), (value, []))[1].append(r)
-        shown = "; ".join(f"{value if isinstance(value, str) else repr(value)} on {_ranges(ranks)}"
-                          for value, ranks in groups.values())
-        parts.append(f"{name}: {shown}")
+        parts.append(", ".join(f"{name}={value if isinstance(value, str) else repr(value)} on {_ranges(ranks)}"
+                               for value, ranks in groups.values()))
     label = what or "agree"
-    raise mismatch(f"{label}: the {size} ranks disagree on {', '.join(names)} ({' | '.join(parts)})")
+    hint = getattr(mismatch, "hint", "")
+    raise mismatch(f"{label}: the {size} ranks disagree on {', '.join(names)} ({'; '.join(parts)})"
+                   + (f"; {hint}" if hint else ""))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HpcoreError", "MismatchError", "rank_prefix", "agree", "check"]
+__all__ = ["HpcoreError", "MismatchError", "rank_prefix"]
 
 
 class HpcoreError(RuntimeError):
@@ -14,8 +14,11 @@ class MismatchError(HpcoreError):
 
     Raised by :func:`hpcore.agree`; the message names the operation, each differing
     argument and the ranks holding each value. ``comms.RingMismatchError``,
-    ``comms.HaloMismatchError`` and ``comms.HierarchyMismatchError`` are subclasses.
+    ``comms.HaloMismatchError`` and ``comms.HierarchyMismatchError`` are subclasses; a
+    subclass's ``hint`` (what every rank must pass) ends the message.
     """
+
+    hint: str = ""
 
 
 def rank_prefix(comm) -> str:

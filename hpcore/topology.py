@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 from .boundary import agree, as_comm
-from .errors import HpcoreError, rank_prefix
+from .errors import HpcoreError, MismatchError, rank_prefix
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only; importing mpi4py.MPI initializes MPI
     from mpi4py import MPI
@@ -440,21 +440,22 @@ class Topology:
             resolved, sizes = _resolve(source, ranks_per_node, self.size)
         except (TypeError, ValueError) as exc:
             error = exc
-        agree(comm, error)
 
         # 2. Same arguments on every rank (compared after normalization: 2 == [2, 2] on 4 ranks).
-        calls = comm.allgather((resolved, sizes, source, repr(ranks_per_node)))
-        if len({(c[0], c[1]) for c in calls}) > 1:
+        try:
+            agree(comm, error, what="Topology", source=resolved, ranks_per_node=sizes)
+        except MismatchError:
+            # show the arguments as each rank wrote them (the agreement compared them normalized)
             groups: dict = {}
-            for r, c in enumerate(calls):
-                groups.setdefault((c[2], c[3]), []).append(r)
+            for r, given in enumerate(comm.allgather((source, repr(ranks_per_node)))):
+                groups.setdefault(given, []).append(r)
             detail = "; ".join(
                 f"rank{'s' if len(rs) > 1 else ''} {','.join(map(str, rs))}: source={src!r}, ranks_per_node={rpn}"
                 for (src, rpn), rs in groups.items()
             )
             raise ValueError(
                 "Topology: source and ranks_per_node must be the same on every rank of comm, got " + detail
-            )
+            ) from None
 
         # 3. Node index of every rank.
         node_comm = None

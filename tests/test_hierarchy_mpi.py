@@ -12,6 +12,7 @@ import pytest
 from mpi4py import MPI
 
 import comms.ring as ring_module
+from comms.ring_engine import ring_context
 from comms.costmodel import CostModel, LevelCost
 from comms.hierarchy import Hierarchy, HierarchyMismatchError
 from comms.ring import ring_allreduce, ring_blocks
@@ -257,7 +258,7 @@ def test_uneven_detected_nodes_are_left_out_with_a_warning():
 def test_traffic_counts_the_bytes_the_rings_send(n, levels, rpn, monkeypatch):
     """Hierarchy.traffic (from the ring schedule) equals the bytes the ring links actually send."""
     sent: dict = {}
-    real = ring_module._make_link
+    real = ring_module.make_link
 
     def counting_link(ctx, hc, device, tag):
         link = real(ctx, hc, device, tag)
@@ -272,7 +273,7 @@ def test_traffic_counts_the_bytes_the_rings_send(n, levels, rpn, monkeypatch):
         link.isend = wrapped
         return link
 
-    monkeypatch.setattr(ring_module, "_make_link", counting_link)
+    monkeypatch.setattr(ring_module, "make_link", counting_link)
 
     def check(sub):
         rank = sub.rank
@@ -285,7 +286,7 @@ def test_traffic_counts_the_bytes_the_rings_send(n, levels, rpn, monkeypatch):
                     h.allgather(np.zeros((rank % 3, 2), np.int32), schedule=sched)
             by_level = [0] * len(h.levels)
             msgs = [0] * len(h.levels)
-            dups = {id(ring_module._context(h._comm_of(a, b)).comm): lvl for (a, b), lvl in h._link.items()}
+            dups = {id(ring_context(h._comm_of(a, b)).comm): lvl for (a, b), lvl in h._link.items()}
             for comm, (nbytes, nmsg) in sent.items():
                 lvl = dups[comm]
                 by_level[lvl] += nbytes
