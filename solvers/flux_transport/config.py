@@ -5,20 +5,41 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
+import re
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: the same parser from PyPI
+    import tomli as tomllib
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ConfigError", "FluxTransportConfig", "GridConfig", "InitialConfig", "TimeConfig", "FlowConfig",
-           "DiffusionConfig", "AssimilationConfig", "OutputConfig", "ParallelConfig", "ValidationConfig",
-           "load_config", "DEFAULT_CONFIG_PATH"]
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "RESTART_SAFE",
+    "AssimilationConfig",
+    "ConfigError",
+    "DiffusionConfig",
+    "FlowConfig",
+    "FluxTransportConfig",
+    "GridConfig",
+    "InitialConfig",
+    "OutputConfig",
+    "ParallelConfig",
+    "TimeConfig",
+    "ValidationConfig",
+    "load_config",
+    "merge_tables",
+    "read_toml",
+    "restart_check",
+]
 
 DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "default.toml")
 
-Number = Union[int, float]
-PerRealization = Union[Number, list]
+Number = int | float
+PerRealization = Number | list
 
 
 class ConfigError(ValueError):
@@ -39,7 +60,8 @@ class InitialConfig:
 
     ``kind``: ``"bipolar"`` (built-in active regions on a dipole), ``"file"`` (a HipFT
     map), ``"soccer"`` (``Y_6^0 + sqrt(14/11) Y_6^5``), ``"dipole"`` (``dipole_gauss
-    cos(theta)``), ``"zero"``. ``regions``: rows of ``[lat, lon, peak, separation,
+    cos(theta)``), ``"gaussians"`` (HipFT's validation run 2: two Gaussians of
+    opposite sign, width ``validation.width``), ``"zero"``. ``regions``: rows of ``[lat, lon, peak, separation,
     tilt, width]`` [deg, deg, G, deg, deg, deg] for ``"bipolar"`` (empty: built-in set).
     """
 
@@ -87,14 +109,17 @@ class DiffusionConfig:
     """Diffusion ``eta_km2_s`` [km^2/s] (scalar or per realization; 1 km^2/s = 7.43162901307967e-9 R^2/h).
 
     ``method``: ``"rkg2"`` or ``"rkl2"`` super time stepping, or ``"implicit"``
-    (backward Euler through petsc4py's KSP). ``max_stages``: longer steps are
-    sub-cycled so that no super step needs more stages.
+    (backward Euler through petsc4py's KSP). ``subcycles``: HipFT's
+    ``diffusion_subcycles``: 0 = automatic sub-cycling by HipFT's practical time-step
+    limit, n > 0 = n equal sub-steps per step. ``max_stages``: the older cap on
+    stages per super step (used only where the stepping still reads it).
     """
 
     enabled: bool = True
     eta_km2_s: PerRealization = 500.0
     method: str = "rkg2"
     max_stages: int = 75
+    subcycles: int = 0
     implicit_rtol: float = 1e-12
 
 
@@ -122,7 +147,9 @@ class AssimilationConfig:
 class OutputConfig:
     """Output under ``directory``: maps every ``map_cadence_h`` (0: initial and final only), history
     every ``history_cadence_h`` (0: every step), checkpoints every ``checkpoint_cadence_h`` (0: at
-    the end only), plots at the end, a progress line every ``progress_every`` steps on rank 0."""
+    the end only), plots at the end, a progress line every ``progress_every`` steps on rank 0.
+    History files are ``<history_prefix>_r000001.out``; ``history_prefix = ""`` means
+    ``<first word of prefix>_history`` (HipFT decks use ``hipft_history_sol``)."""
 
     directory: str = "flux_output"
     prefix: str = "ft_brmap"
@@ -131,6 +158,7 @@ class OutputConfig:
     checkpoint_cadence_h: float = 0.0
     single_precision: bool = True
     plots: bool = True
+    history_prefix: str = ""
     progress_every: int = 0
     polar_latitude_deg: float = 60.0
 
@@ -149,9 +177,12 @@ class ParallelConfig:
 @dataclass
 class ValidationConfig:
     """``kind = "soccer"``: start from the soccer ball and report the error against
-    ``f0(theta, phi - Omega t) exp(-42 eta t)`` in the history."""
+    ``f0(theta, phi - Omega t) exp(-42 eta t)`` in the history. ``kind = "gaussians"``:
+    HipFT's validation run 2, two Gaussians of ``width`` [rad^2] carried by rigid
+    rotation and a constant vt, error against the moved Gaussians."""
 
     kind: str = "none"
+    width: float = 0.03
 
 
 SECTIONS = {
@@ -173,11 +204,11 @@ PER_REALIZATION = {
 }
 
 CHOICES = {
-    ("initial", "kind"): ("bipolar", "file", "soccer", "dipole", "zero"),
+    ("initial", "kind"): ("bipolar", "file", "soccer", "dipole", "gaussians", "zero"),
     ("diffusion", "method"): ("rkg2", "rkl2", "implicit"),
     ("parallel", "halo_method"): ("auto", "datatype", "pack"),
     ("parallel", "device"): ("cpu", "gpu"),
-    ("validation", "kind"): ("none", "soccer"),
+    ("validation", "kind"): ("none", "soccer", "gaussians"),
 }
 
 
@@ -198,10 +229,12 @@ class FluxTransportConfig:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_dict(cls, data: dict, base: Optional["FluxTransportConfig"] = None) -> "FluxTransportConfig":
+    def from_dict(cls, data: dict, base: FluxTransportConfig | None = None,
+                  validate: bool = True) -> FluxTransportConfig:
         """A config from nested ``{section: {key: value}}`` on top of ``base`` (default: defaults).
 
-        Raises :class:`ConfigError` for an unknown section or key or a value of the wrong type.
+        Raises :class:`ConfigError` for an unknown section or key or a value of the wrong type,
+        and (``validate``) for values that do not fit together.
         """
         cfg = dataclasses.replace(base) if base is not None else cls()
         if base is not None:
@@ -225,7 +258,8 @@ class FluxTransportConfig:
                     raise ConfigError(f"config: unknown key {key}.{k!r} (known: {', '.join(known)})")
                 setattr(section, k, _coerce(f"{key}.{k}", v, known[k].type, per_realization=(key, k) in
                                             PER_REALIZATION))
-        cfg.validate()
+        if validate:
+            cfg.validate()
         return cfg
 
     def to_dict(self) -> dict:
@@ -264,6 +298,8 @@ class FluxTransportConfig:
         if np.any(~np.isfinite(eta)) or np.any(eta < 0):
             bad = [float(x) for x in eta if not (math.isfinite(x) and x >= 0)]
             raise ConfigError(f"diffusion.eta_km2_s: diffusivity must be >= 0 km^2/s, got {bad[0]}")
+        if isinstance(self.diffusion.subcycles, bool) or self.diffusion.subcycles < 0:
+            raise ConfigError(f"diffusion.subcycles: must be >= 0 (0 = automatic), got {self.diffusion.subcycles}")
         if self.diffusion.max_stages < 3:
             raise ConfigError(f"diffusion.max_stages: must be >= 3, got {self.diffusion.max_stages}")
         if not 0 < self.diffusion.implicit_rtol < 1:
@@ -293,6 +329,10 @@ class FluxTransportConfig:
             raise ConfigError(f"output.polar_latitude_deg: expected 0 < lat < 90, got {o.polar_latitude_deg}")
         if not o.prefix or os.sep in o.prefix:
             raise ConfigError(f"output.prefix: expected a file name prefix, got {o.prefix!r}")
+        if os.sep in o.history_prefix:
+            raise ConfigError(f"output.history_prefix: expected a file name prefix, got {o.history_prefix!r}")
+        if not o.directory:
+            raise ConfigError("output.directory: expected a directory name, got ''")
         p = self.parallel
         if p.realization_groups < 1:
             raise ConfigError(f"parallel.realization_groups: expected >= 1, got {p.realization_groups}")
@@ -308,6 +348,15 @@ class FluxTransportConfig:
                                   f"got {region!r}")
         if self.validation.kind == "soccer" and self.initial.kind not in ("soccer",):
             raise ConfigError("validation.kind = 'soccer' needs initial.kind = 'soccer'")
+        if self.validation.kind == "gaussians" and self.initial.kind != "gaussians":
+            raise ConfigError("validation.kind = 'gaussians' needs initial.kind = 'gaussians'")
+        if not (math.isfinite(self.validation.width) and self.validation.width > 0):
+            raise ConfigError(f"validation.width: expected > 0 rad^2, got {self.validation.width}")
+        if self.validation.kind == "gaussians" and self.flow.enabled and (
+                self.flow.differential_rotation or self.flow.meridional_flow or self.flow.attenuate):
+            raise ConfigError("validation.kind = 'gaussians' has an exact solution only with rigid rotation and a "
+                              "constant vt: set flow.differential_rotation, flow.meridional_flow and "
+                              "flow.attenuate to false")
         if self.validation.kind == "soccer" and self.flow.enabled and (
                 self.flow.differential_rotation or self.flow.meridional_flow or self.flow.vt_const_km_s
                 or self.flow.attenuate):
@@ -366,46 +415,136 @@ def _coerce(name: str, value: Any, kind, per_realization: bool = False):
     return value
 
 
-def _parse_override(text: str):
+_BARE = re.compile(r"^[A-Za-z0-9_./+:~-]*$")
+
+
+def _parse_value(key: str, raw: str):
+    """A ``--set`` value: TOML syntax, also numbers with a trailing dot (``[1.,2.]``) and bare words."""
+    raw = raw.strip()
+    for text in (raw, re.sub(r"(?<![\w.])(\d+)\.(?!\d)", r"\1.0", raw)):
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass
+    if _BARE.match(raw):
+        return raw  # a bare word: initial.kind=file (the shell ate the quotes)
+    raise ConfigError(f"--set {key}: cannot read the value {raw!r} (TOML syntax: 1.5, true, \"text\", [1.0, 2.0])")
+
+
+def _parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"--set: expected section.key=value, got {text!r}")
     key, raw = text.split("=", 1)
     key = key.strip()
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
+    value = _parse_value(key, raw)
     parts = key.split(".")
-    if len(parts) == 1:
+    if len(parts) == 1 and parts[0]:
         return {parts[0]: value}
-    if len(parts) != 2:
+    if len(parts) != 2 or not all(parts):
         raise ConfigError(f"--set: expected section.key=value, got {text!r}")
     return {parts[0]: {parts[1]: value}}
 
 
-def load_config(path: Optional[str] = None, data: Optional[dict] = None, overrides=()) -> FluxTransportConfig:
+def merge_tables(*tables: dict) -> dict:
+    """Later tables win key by key inside each section (a new dict; the inputs are not changed)."""
+    out: dict = {}
+    for table in tables:
+        for k, v in table.items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = {**out[k], **v}
+            else:
+                out[k] = dict(v) if isinstance(v, dict) else v
+    return out
+
+
+def read_toml(path: str) -> dict:
+    """The table of a TOML configuration file, relative file paths made absolute against its folder."""
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config file {path!r}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path!r}: {exc}") from None
+    base_dir = os.path.dirname(os.path.abspath(path))
+    for section, key in (("initial", "file"), ("assimilation", "map_list"), ("assimilation", "root_dir")):
+        v = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None
+        if isinstance(v, str) and v and not os.path.isabs(v):
+            table[section][key] = os.path.join(base_dir, v)
+    return table
+
+
+def load_config(path: str | None = None, data: dict | None = None, overrides=()) -> FluxTransportConfig:
     """Defaults, then the TOML file ``path`` (relative file paths inside it resolve against its
     folder), then ``data``, then ``overrides`` (``"section.key=value"``, value in TOML syntax).
 
+    Everything is applied first and checked once at the end, so overrides that only
+    make sense together (``n_realizations`` and a per-realization list; ``initial.kind``
+    and ``initial.file``; ``time.start_h`` and ``time.end_h``) work in any order.
     Not collective: every rank loads the same file. Raises :class:`ConfigError`.
     """
-    cfg = FluxTransportConfig()
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                table = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"config file {path!r}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path!r}: {exc}") from None
-        base_dir = os.path.dirname(os.path.abspath(path))
-        for section, key in (("initial", "file"), ("assimilation", "map_list"), ("assimilation", "root_dir")):
-            v = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None
-            if isinstance(v, str) and v and not os.path.isabs(v):
-                table[section][key] = os.path.join(base_dir, v)
-        cfg = FluxTransportConfig.from_dict(table, cfg)
+    tables = [read_toml(path)] if path is not None else []
     if data:
-        cfg = FluxTransportConfig.from_dict(data, cfg)
-    for text in overrides:
-        cfg = FluxTransportConfig.from_dict(_parse_override(text), cfg)
+        tables.append(data)
+    tables.extend(_parse_override(text) for text in overrides)
+    cfg = FluxTransportConfig.from_dict(merge_tables(*tables), validate=False)
+    cfg.validate()
     return cfg
+
+
+RESTART_SAFE = ("time.end_h", "output.map_cadence_h", "output.history_cadence_h", "output.checkpoint_cadence_h",
+                "output.progress_every", "output.plots", "output.single_precision")
+"""Settings a restart may change when asked (``--allow-change KEY``): they do not alter the solution so far."""
+RESTART_FREE = ("output.directory", "parallel.")
+"""Settings a restart may always change (where output goes, how ranks are laid out: same bits)."""
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def restart_check(saved: dict, current: FluxTransportConfig, allow=(), time_h: float = 0.0) -> list:
+    """Refuse a restart whose configuration differs from the checkpoint's in anything but allowed settings.
+
+    ``saved``: the checkpoint's configuration (``to_dict()`` of the original run);
+    ``allow``: keys of :data:`RESTART_SAFE` the user allows to change; ``time_h``:
+    the checkpoint's time. Returns the allowed differences ``[(key, old, new)]``.
+    Raises :class:`ConfigError` naming every refused key with both values. Not collective.
+    """
+    old = _flatten(saved)
+    new = _flatten(current.to_dict())
+    bad_allow = [a for a in allow if a not in RESTART_SAFE]
+    if bad_allow:
+        raise ConfigError(f"--allow-change {', '.join(bad_allow)}: a restart can only be allowed to change "
+                          f"{', '.join(RESTART_SAFE)}")
+    refused, allowed, need_flag = [], [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)):
+            continue
+        if key == "output.directory" or key.startswith("parallel."):
+            continue
+        if key in RESTART_SAFE:
+            (allowed if key in allow else need_flag).append((key, a, b))
+        elif key not in old:
+            continue  # a setting newer than the checkpoint, at its default
+        else:
+            refused.append((key, a, b))
+    if refused:
+        what = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in refused)
+        raise ConfigError(f"restart: the configuration differs from the checkpoint's in settings a restart cannot "
+                          f"change ({what}); run from the start or use the checkpoint's configuration")
+    if need_flag:
+        what = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in need_flag)
+        keys = " ".join(f"--allow-change {k}" for k, _, _ in need_flag)
+        raise ConfigError(f"restart: the configuration differs from the checkpoint's ({what}); pass {keys} to "
+                          "continue with the new value(s)")
+    if current.time.end_h <= time_h:
+        raise ConfigError(f"time.end_h: {current.time.end_h} h is not after the checkpoint's time {time_h} h")
+    return allowed

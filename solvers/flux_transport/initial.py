@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .grid import SphereGrid
 
-__all__ = ["real_harmonic", "soccer_ball", "dipole_map", "bipolar_map", "DEFAULT_REGIONS", "pole_average",
-           "from_file_columns"]
+__all__ = ["DEFAULT_REGIONS", "bipolar_map", "dipole_map", "from_file_columns", "gaussians", "pole_average",
+           "real_harmonic", "soccer_ball"]
 
 DEFAULT_REGIONS = (
     # latitude [deg], longitude [deg], peak |Br| [G], separation [deg], tilt [deg], width [deg]
@@ -67,6 +67,30 @@ def soccer_ball(grid: SphereGrid, phase: float = 0.0) -> np.ndarray:
     T, P = np.meshgrid(grid.theta, grid.phi - phase, indexing="ij")
     f = real_harmonic(6, 0, T, P) + math.sqrt(14.0 / 11.0) * real_harmonic(6, 5, T, P)
     return pole_average(f)
+
+
+def gaussians(theta, phi, width: float = 0.03, dtheta: float = 0.0, dphi: float = 0.0) -> np.ndarray:
+    """HipFT's validation run 2: two Gaussian blobs of opposite sign, moved by ``(dtheta, dphi)`` [rad].
+
+    ``f = (-exp(-(t - pi/4 - dtheta)^2/w - (p - p1)^2/w) + exp(-(t - pi/4 - dtheta)^2/w
+    - (p - p2)^2/w)) / sin(t)`` with ``p1 = (pi/2 + dphi) mod 2 pi``, ``p2 = (3 pi/2 +
+    dphi) mod 2 pi`` (no periodic wrap of ``p - p1``, as HipFT), zero on the pole rows
+    (``sin(t) = 0``). ``theta`` ``(nt,)`` and ``phi`` ``(np,)`` are node coordinates;
+    returns ``(nt, np)``. With ``dtheta = dphi = 0`` it is HipFT's initial map; with
+    ``dtheta = vt t``, ``dphi = omega t`` (``R_sun/h`` times hours) its exact solution
+    for rigid rotation and constant vt (``src/hipft.f90``, validation_run = 2).
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    phi = np.asarray(phi, dtype=np.float64)
+    st = np.sin(theta)
+    pole = (np.abs(theta) < 1e-12) | (np.abs(theta - math.pi) < 1e-12)
+    st_i = np.where(pole, 0.0, 1.0 / np.where(pole, 1.0, st))
+    p1 = (0.5 * math.pi + dphi) % (2.0 * math.pi)  # Fortran MODULO: in [0, 2 pi)
+    p2 = (1.5 * math.pi + dphi) % (2.0 * math.pi)
+    gt = np.exp(-((theta - 0.25 * math.pi - dtheta) ** 2) / width)[:, None]
+    g1 = np.exp(-((phi - p1) ** 2) / width)[None, :]
+    g2 = np.exp(-((phi - p2) ** 2) / width)[None, :]
+    return st_i[:, None] * gt * (g2 - g1)
 
 
 def dipole_map(grid: SphereGrid, b0: float = 1.0) -> np.ndarray:
@@ -128,21 +152,33 @@ def balance_flux(grid: SphereGrid, br: np.ndarray) -> np.ndarray:
     return br
 
 
-def pole_average(br: np.ndarray) -> np.ndarray:
-    """Set both pole rows of ``(..., ntheta, nphi)`` to their mean over phi (caps hold one value)."""
+def pole_average(br: np.ndarray, grid=None) -> np.ndarray:
+    """Set both pole rows of ``(..., ntheta, nphi)`` to one value each (caps hold one value).
+
+    Without ``grid`` (or a grid without cell widths ``dp``) the plain mean over phi;
+    with one, HipFT's ``sum_k f(pole, k) dp_k / (2 pi)`` over its cell widths ``grid.dp``
+    (the two differ only on non-uniform float32 scales).
+    """
     br = np.array(br, dtype=np.float64, copy=True)
+    dp = getattr(grid, "dp", None) if grid is not None else None
+    if dp is not None and np.shape(dp)[-1] == br.shape[-1]:
+        w = np.asarray(dp, dtype=np.float64) / (2.0 * math.pi)
+        br[..., 0, :] = (br[..., 0, :] * w).sum(axis=-1, keepdims=True)
+        br[..., -1, :] = (br[..., -1, :] * w).sum(axis=-1, keepdims=True)
+        return br
     br[..., 0, :] = br[..., 0, :].mean(axis=-1, keepdims=True)
     br[..., -1, :] = br[..., -1, :].mean(axis=-1, keepdims=True)
     return br
 
 
-def from_file_columns(data: np.ndarray) -> np.ndarray:
+def from_file_columns(data: np.ndarray, grid=None) -> np.ndarray:
     """A HipFT map ``(..., ntheta, nphi + 1)`` (phi = 0 and 2 pi both stored) to ``(..., ntheta, nphi)``.
 
     As HipFT: the phi = 0 column becomes the mean of the two copies, the copy is
-    dropped, and the pole rows are set to their phi mean.
+    dropped, and the pole rows are set to one value (:func:`pole_average`, with
+    ``grid``'s cell widths when given).
     """
     data = np.asarray(data, dtype=np.float64)
     out = np.array(data[..., :-1], copy=True)
     out[..., 0] = 0.5 * (data[..., 0] + data[..., -1])
-    return pole_average(out)
+    return pole_average(out, grid)

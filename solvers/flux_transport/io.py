@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 import numpy as np
 
 from .grid import SphereGrid
 from .initial import from_file_columns
 
-__all__ = ["read_map", "write_map", "MapFileError", "write_checkpoint", "read_checkpoint", "read_assimilation_map"]
+__all__ = ["MapFileError", "read_assimilation_map", "read_checkpoint", "read_checkpoint_header", "read_map",
+           "write_checkpoint", "write_map"]
 
 
 class MapFileError(ValueError):
     """A map file is missing, not in HipFT's layout, on another grid, or holds NaN/Inf."""
 
 
-def read_map(path: str, grid: Optional[SphereGrid] = None, name: str = "map"):
+def read_map(path: str, grid: SphereGrid | None = None, name: str = "map"):
     """Read a HipFT map. Not collective.
 
     Returns ``(data, grid, realizations)``: ``data`` of shape ``(ntheta, nphi)`` or
@@ -71,7 +71,7 @@ def read_map(path: str, grid: Optional[SphereGrid] = None, name: str = "map"):
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise MapFileError(f"{name}: {path!r} holds {int(bad.sum())} NaN/Inf values (first at index {idx})")
-    return from_file_columns(data), file_grid, r
+    return from_file_columns(data, file_grid), file_grid, r
 
 
 def write_map(path: str, data, grid: SphereGrid, single_precision: bool = True, force_3d: bool = False) -> None:
@@ -127,21 +127,71 @@ def write_checkpoint(path: str, field, grid: SphereGrid, state: dict, config: di
         h.attrs["nphi"] = grid.nphi
         h.attrs["state"] = json.dumps(state, sort_keys=True)
         h.attrs["config"] = json.dumps(config, sort_keys=True)
-        h.attrs["format"] = "hpcore.flux_transport checkpoint 1"
+        h.attrs["format"] = CHECKPOINT_FORMAT
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: str):
-    """``(field (n, ntheta, nphi), grid, state, config)`` of a restart file. Not collective."""
+CHECKPOINT_FORMAT = "hpcore.flux_transport checkpoint 1"
+CHECKPOINT_ATTRS = ("format", "ntheta", "nphi", "state", "config")
+
+
+def read_checkpoint_header(path: str):
+    """``(grid, state, config, data_shape)`` of a restart file, without reading the field. Not collective.
+
+    Raises :class:`MapFileError` naming the file and the missing or broken dataset or
+    attribute (never KeyError or an h5py error).
+    """
     import h5py
 
     if not os.path.exists(path):
         raise MapFileError(f"checkpoint: file {path!r} does not exist")
-    with h5py.File(path, "r") as h:
-        if h.attrs.get("format") != "hpcore.flux_transport checkpoint 1":
-            raise MapFileError(f"checkpoint: {path!r} is not a flux_transport checkpoint")
-        field = np.asarray(h["Data"][...], dtype=np.float64)
-        grid = SphereGrid(int(h.attrs["ntheta"]), int(h.attrs["nphi"]))
-        state = json.loads(h.attrs["state"])
-        config = json.loads(h.attrs["config"])
+    try:
+        with h5py.File(path, "r") as h:
+            missing = [a for a in CHECKPOINT_ATTRS if a not in h.attrs]
+            if "format" not in missing and h.attrs["format"] != CHECKPOINT_FORMAT:
+                raise MapFileError(f"checkpoint: {path!r} is not a flux_transport checkpoint (format "
+                                   f"{h.attrs['format']!r})")
+            if missing:
+                raise MapFileError(f"checkpoint: {path!r} lacks the attribute(s) {', '.join(missing)}")
+            if "Data" not in h or not isinstance(h["Data"], h5py.Dataset):
+                raise MapFileError(f"checkpoint: {path!r} lacks the dataset 'Data'")
+            shape = tuple(int(x) for x in h["Data"].shape)
+            ntheta, nphi = int(h.attrs["ntheta"]), int(h.attrs["nphi"])
+            try:
+                state = json.loads(h.attrs["state"])
+                config = json.loads(h.attrs["config"])
+            except (TypeError, ValueError) as exc:
+                raise MapFileError(f"checkpoint: {path!r} attribute state/config is not JSON: {exc}") from None
+    except OSError as exc:
+        raise MapFileError(f"checkpoint: cannot read {path!r} as HDF5: {exc}") from None
+    if len(shape) != 3 or shape[1:] != (ntheta, nphi):
+        raise MapFileError(f"checkpoint: {path!r} Data has shape {shape}, expected (realizations, {ntheta}, {nphi}) "
+                           "from its ntheta/nphi attributes")
+    for key in ("time", "steps", "n_map", "n_hist", "n_ckpt"):
+        if not isinstance(state, dict) or key not in state:
+            raise MapFileError(f"checkpoint: {path!r} attribute state lacks {key!r}")
+    if not isinstance(config, dict):
+        raise MapFileError(f"checkpoint: {path!r} attribute config is not a table")
+    try:
+        grid = SphereGrid(ntheta, nphi)
+    except (TypeError, ValueError) as exc:
+        raise MapFileError(f"checkpoint: {path!r}: {exc}") from None
+    return grid, state, config, shape
+
+
+def read_checkpoint(path: str):
+    """``(field (n, ntheta, nphi), grid, state, config)`` of a restart file. Not collective.
+
+    Raises :class:`MapFileError` naming the file and what is missing or broken.
+    """
+    import h5py
+
+    grid, state, config, _ = read_checkpoint_header(path)
+    try:
+        with h5py.File(path, "r") as h:
+            field = np.asarray(h["Data"][...], dtype=np.float64)
+    except OSError as exc:
+        raise MapFileError(f"checkpoint: cannot read the dataset 'Data' of {path!r}: {exc}") from None
+    if not np.all(np.isfinite(field)):
+        raise MapFileError(f"checkpoint: {path!r} Data holds NaN/Inf values")
     return field, grid, state, config
