@@ -203,8 +203,10 @@ class ShardedState:
         above that level), else like forward. Every rank must call with the same phase.
         """
         h = self.hierarchy
+        error = None
         if phase not in ("forward", "backward"):
-            raise ValueError(f"phase: expected 'forward' or 'backward', got {phase!r}")
+            error = ValueError(f"phase: expected 'forward' or 'backward', got {phase!r}")
+        agree(h.comm, error, what="ShardedState.gather_params", phase=phase)
         before = h.traffic
         if phase == "backward" and self.secondary is not None:
             if not self._secondary_fresh:
