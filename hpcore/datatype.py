@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence, Union
 
@@ -14,6 +15,7 @@ __all__ = [
     "StridedBlock",
     "BlockSet",
     "CanonicalType",
+    "TypeCache",
     "canonicalize",
     "from_view",
     "to_mpi",
@@ -144,6 +146,51 @@ def _blockset(template: StridedBlock, starts, packed_starts) -> BlockSet:
     return BlockSet(template, starts, packed_starts)
 
 
+class TypeCache:
+    """Values derived from canonical types, keyed by the type's identity. Not collective.
+
+    Each module that derives something from a :class:`CanonicalType` (its repeated
+    pieces, pack plans, the performance model's mean run) owns one of these, so the
+    value type stays a plain frozen value. An entry is dropped when its type is
+    collected. Values that hold their type (a pack plan holds its ``ctype``) would keep
+    it alive: such caches give ``max_types``, and the oldest type's entries are dropped
+    beyond it. Lookups cost one dict access.
+    """
+
+    def __init__(self, max_types: int | None = None):
+        self._by_type: dict = {}
+        self.max_types = max_types
+
+    def get(self, ctype, key):
+        """The value stored for ``(ctype, key)``, or None."""
+        got = self._by_type.get(id(ctype))
+        return None if got is None else got.get(key)
+
+    def put(self, ctype, key, value) -> None:
+        """Store ``value`` for ``(ctype, key)``."""
+        got = self._by_type.get(id(ctype))
+        if got is None:
+            if self.max_types is not None and len(self._by_type) >= self.max_types:
+                del self._by_type[next(iter(self._by_type))]  # the oldest type's entries
+            got = self._by_type[id(ctype)] = {}
+            weakref.finalize(ctype, self._drop, id(ctype), got)
+        got[key] = value
+
+    def _drop(self, key: int, entries: dict) -> None:
+        if self._by_type.get(key) is entries:  # not an entry of a later type with the same id
+            del self._by_type[key]
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._by_type.clear()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_type.values())
+
+
+_INSTANCES = TypeCache()  # (type, count) -> the pieces of count consecutive instances
+
+
 @dataclass(frozen=True, eq=False)
 class CanonicalType:
     """The canonical form of one instance of a datatype.
@@ -160,7 +207,9 @@ class CanonicalType:
     extent: int
     true_lb: int
     true_extent: int
-    _plans: dict = field(default_factory=dict, repr=False, compare=False)
+    source: object = field(default=None, repr=False, compare=False)
+    """The :class:`OwnedDatatype` this form was built from (MPI's own engine packs with it);
+    None for forms built from a view."""
 
     @property
     def nblocks(self) -> int:
@@ -185,8 +234,7 @@ class CanonicalType:
         """The pieces of ``count`` consecutive instances, simplified (cached per count)."""
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
-        key = ("pieces", count)
-        got = self._plans.get(key)
+        got = _INSTANCES.get(self, count)
         if got is None:
             if count == 0 or self.size == 0:
                 got = ()
@@ -194,7 +242,7 @@ class CanonicalType:
                 got = self.pieces
             else:
                 got = simplify(p.repeated(count, self.extent, self.size) for p in self.pieces)
-            self._plans[key] = got
+            _INSTANCES.put(self, count, got)
         return got
 
     def span(self, count: int = 1) -> tuple[int, int]:
@@ -552,13 +600,11 @@ def _canonical(dt, mpi) -> CanonicalType:
         if dt.is_predefined:  # predefined handles are never freed: share one form per handle
             got = _named_cache.get(dt.handle)
             if got is None:
-                got = _named_cache[dt.handle] = _make(dt, mpi)
-                got._plans["source"] = OwnedDatatype(dt, owned=False)
+                got = _named_cache[dt.handle] = replace(_make(dt, mpi), source=OwnedDatatype(dt, owned=False))
         else:
-            got = _make(dt, mpi)
             # Our own duplicate of the caller's type, for the MPI engine: it stays valid
             # after the caller frees theirs, and is freed with the canonical form.
-            got._plans["source"] = OwnedDatatype(dt.Dup().Commit())
+            got = replace(_make(dt, mpi), source=OwnedDatatype(dt.Dup().Commit()))
         dt.Set_attr(_keyval, got)
     return got
 

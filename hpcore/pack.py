@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import array_module, as_bytes, is_device_array
-from .datatype import BlockSet, CanonicalType, OwnedDatatype, StridedBlock, canonicalize, to_mpi
+from .datatype import BlockSet, CanonicalType, OwnedDatatype, StridedBlock, TypeCache, canonicalize, to_mpi
 from .lazy_mpi import mpi
 
 __all__ = ["PackPlan", "plan", "pack", "unpack", "packed_nbytes"]
@@ -89,6 +89,11 @@ class PackPlan:
         return {k: v for k, v in self.host_state.items() if k in ("pack", "unpack")}
 
 
+_PLANS = TypeCache(max_types=512)
+"""(canonical type, count) -> :class:`PackPlan`: the plans own their cache (a plan holds its
+type, so the cache is bounded: the oldest type's plans go first)."""
+
+
 def plan(datatype, count: int = 1) -> PackPlan:
     """Return the (cached) :class:`PackPlan` for ``count`` instances of ``datatype``.
 
@@ -102,8 +107,7 @@ def plan(datatype, count: int = 1) -> PackPlan:
         count = int(count)
     if count < 0:
         raise ValueError(f"count: must be >= 0, got {count}")
-    key = ("plan", count)
-    got = ctype._plans.get(key)
+    got = _PLANS.get(ctype, count)
     if got is None:
         steps = []
         for p in ctype.instances(count):
@@ -117,7 +121,7 @@ def plan(datatype, count: int = 1) -> PackPlan:
                 steps.append(Step(p, w, p.nbytes))
         lo, hi = ctype.span(count)
         got = PackPlan(ctype, count, tuple(steps), ctype.size * count, lo, hi, {})
-        ctype._plans[key] = got
+        _PLANS.put(ctype, count, got)
     return got
 
 
@@ -214,7 +218,7 @@ def _mpi_engine(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: boo
 
 def _mpi_source_engine(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: bool) -> None:
     """MPI's own engine on the caller's original datatype."""
-    src = pl.ctype._plans.get("source")
+    src = pl.ctype.source
     if src is None:  # a canonical form built from a view has no MPI original
         return _mpi_engine(pl, u8, packed, to_packed)
     t = _mpi_whole(pl, "mpi_source_type", lambda: (src.datatype, False))
@@ -241,7 +245,7 @@ def _time_engines(pl: PackPlan, u8: np.ndarray, packed: np.ndarray, to_packed: b
     samples, so a burst of noise hits every engine: 5 samples, more (up to 25) while the
     slowest engine's samples stay under ~2 ms in all, since a 10 us copy is easily
     mistimed. Above 64 MiB the single untimed calls decide."""
-    names = [n for n in _ENGINES if n != "mpi_source" or "source" in pl.ctype._plans]
+    names = [n for n in _ENGINES if n != "mpi_source" or pl.ctype.source is not None]
     first = {}
     for n in names:
         t0 = time.perf_counter()

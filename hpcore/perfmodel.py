@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .datatype import TypeCache
+
 __all__ = ["PerfModel", "default_path", "load", "mean_run", "METHODS"]
 
 log = logging.getLogger(__name__)
@@ -173,9 +175,13 @@ def load(path: str | os.PathLike | None = None) -> PerfModel:
 
 def mean_run(ctype) -> float:
     """Mean contiguous run length [bytes] of a canonical type (its size over its runs)."""
-    got = ctype._plans.get("mean_run")
+    got = _MEAN_RUN.get(ctype, None)
     if got is None:
         n = ctype.nblocks
-        got = ctype._plans["mean_run"] = ctype.size / n if n else float(ctype.size or 1)
+        got = ctype.size / n if n else float(ctype.size or 1)
+        _MEAN_RUN.put(ctype, None, got)
     return got
+
+
+_MEAN_RUN = TypeCache()
 

@@ -150,3 +150,31 @@ def test_bad_engine_setting(monkeypatch):
             hpcore.pack(np.zeros(4, np.int32), t, count=1)
     finally:
         t.Free()
+
+
+def test_plans_own_their_cache_not_the_type():
+    """Issue 14: pack plans are cached by pack (keyed by the canonical type), not in a dict on the type."""
+    import gc
+    import sys
+
+    from hpcore.datatype import _INSTANCES, TypeCache
+
+    pack_module = sys.modules["hpcore.pack"]  # hpcore.pack is the function
+    ctype = hpcore.from_view(np.zeros((6, 5))[::2, 1:4])
+    assert not hasattr(ctype, "_plans") and ctype.source is None
+    p = hpcore.plan(ctype, 3)
+    assert hpcore.plan(ctype, 3) is p and hpcore.plan(ctype, 2) is not p
+    assert pack_module._PLANS.get(ctype, 3) is p
+    # the bounded plan cache lets old types go
+    cache = TypeCache(max_types=2)
+    types = [hpcore.from_view(np.zeros(n)) for n in (3, 4, 5)]
+    for t in types:
+        cache.put(t, "k", t)
+    assert cache.get(types[0], "k") is None and cache.get(types[2], "k") is types[2] and len(cache) == 2
+    # entries that do not hold their type go when the type is collected
+    other = hpcore.from_view(np.zeros((4, 4))[:, ::2])
+    other.instances(5)
+    before = len(_INSTANCES)
+    del other
+    gc.collect()
+    assert len(_INSTANCES) == before - 1
