@@ -1,0 +1,204 @@
+"""Client API of online training, three calls: ``init(field_name, local_size, comm)``, ``send``, ``finalize``.
+
+An ensemble member (any MPI program on its own communicator) calls :func:`init`
+once per field, :func:`send` once per field and time step, and :func:`finalize`
+at the end. The first :func:`init` connects ``comm`` to every trainer rank through
+``MPI_Comm_connect`` on the port the trainer published in the file named by
+``HPCORE_ONLINE_SERVER``; the launcher sets that and the member's identity::
+
+    HPCORE_ONLINE_SERVER     port file written by the trainer (one line per trainer rank)
+    HPCORE_ONLINE_MEMBER     member id (int)
+    HPCORE_ONLINE_ATTEMPT    attempt number of this member (int, default 0)
+    HPCORE_ONLINE_PARAMS     the member's parameters, comma-separated floats
+    HPCORE_ONLINE_ROUTING    round_robin (default) or one
+    HPCORE_ONLINE_TIMEOUT_S  longest wait for the trainer (connect file, credits) [s], default 300
+
+The C and Fortran clients (``solvers/online/c/``) speak the same protocol
+(:mod:`solvers.online.protocol`). Sending blocks while the trainer rank that owns
+the time step has no credit left for this rank (back-pressure).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from hpcore.lazy_mpi import mpi
+
+from . import protocol as P
+
+__all__ = ["Client", "environment", "finalize", "init", "read_ports", "send"]
+
+
+def read_ports(path: str, timeout_s: float) -> list[str]:
+    """Port names from the trainer's port file, waiting up to ``timeout_s`` for it. Not collective."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with open(path) as f:
+                text = f.read()
+            if text.endswith("\n# end\n"):
+                return [line.split(" ", 1)[1] for line in text.splitlines() if line and not line.startswith("#")]
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"HPCORE_ONLINE_SERVER: no complete port file {path!r} after {timeout_s} s")
+        time.sleep(0.05)
+
+
+def environment() -> dict:
+    """The member identity and server from the ``HPCORE_ONLINE_*`` variables. Not collective."""
+    server = os.environ.get("HPCORE_ONLINE_SERVER")
+    if not server:
+        raise RuntimeError("HPCORE_ONLINE_SERVER is not set: this process was not started as an online member")
+    params = os.environ.get("HPCORE_ONLINE_PARAMS", "")
+    return {
+        "server": server,
+        "member": int(os.environ.get("HPCORE_ONLINE_MEMBER", "0")),
+        "attempt": int(os.environ.get("HPCORE_ONLINE_ATTEMPT", "0")),
+        "params": tuple(float(p) for p in params.split(",") if p.strip()),
+        "routing": os.environ.get("HPCORE_ONLINE_ROUTING", "round_robin"),
+        "timeout_s": float(os.environ.get("HPCORE_ONLINE_TIMEOUT_S", "300")),
+    }
+
+
+class Client:
+    """One member's connection to the trainer ranks.
+
+    Collective on ``comm`` (construction connects; :meth:`finalize` disconnects);
+    :meth:`send` is not collective (each rank sends its own part).
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The member's communicator (its ranks hold consecutive parts of each field).
+    server, member, attempt, params, routing, timeout_s
+        As in :func:`environment`.
+    """
+
+    def __init__(self, comm, server: str, member: int, attempt: int = 0, params=(), routing: str = "round_robin",
+                 timeout_s: float = 300.0):
+        MPI = mpi()
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.member = int(member)
+        self.attempt = int(attempt)
+        self.params = tuple(params)
+        self.routing = routing
+        self.timeout_s = float(timeout_s)
+        self.fields: dict[str, int] = {}
+        error = None
+        try:
+            if len(self.params) > P.MAX_PARAMS:
+                raise ValueError(f"params: at most {P.MAX_PARAMS} parameters, got {len(self.params)}")
+            if routing not in ("round_robin", "one"):
+                raise ValueError(f"routing: expected 'round_robin' or 'one', got {routing!r}")
+            ports = read_ports(server, self.timeout_s) if self.rank == 0 else None
+        except Exception as exc:  # noqa: BLE001 - agreed below
+            error, ports = exc, None
+        from hpcore.errors import agree
+
+        agree(comm, error)
+        ports = comm.bcast(ports, root=0)
+        if self.rank == 0:  # ask the trainer to accept (it does between two training steps)
+            open(f"{server}.connect-{self.member}-{self.attempt}", "w").close()
+        self.inter = comm.Connect(ports[0], MPI.INFO_NULL, 0)
+        self.inter.Set_errhandler(MPI.ERRORS_RETURN)
+        self.n_trainers = self.inter.Get_remote_size()
+        self.credits = [0] * self.n_trainers
+        self._credit_buf = np.zeros(1, dtype=np.int64)
+        self.closed = False
+
+    def add_field(self, field_name: str, local_size: int) -> None:
+        """Declare a field of ``local_size`` float64 values on this rank. Not collective."""
+        if not isinstance(field_name, str) or not field_name or len(field_name.encode()) >= P.FIELD_CHARS:
+            raise ValueError(f"rank {self.rank}/{self.size}: field_name: 1 to 31 bytes expected, got {field_name!r}")
+        if int(local_size) < 0:
+            raise ValueError(f"rank {self.rank}/{self.size}: local_size: expected >= 0, got {local_size}")
+        self.fields[field_name] = int(local_size)
+
+    def _take_credit(self, dest: int) -> None:
+        MPI = mpi()
+        inter = self.inter
+        deadline = time.monotonic() + self.timeout_s
+        while True:  # absorb every credit that has arrived, wait while there is none
+            while inter.Iprobe(dest, P.TAG_CREDIT):
+                inter.Recv(self._credit_buf, dest, P.TAG_CREDIT)
+                self.credits[dest] += int(self._credit_buf[0])
+            if self.credits[dest] > 0:
+                self.credits[dest] -= 1
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {self.rank}/{self.size} of member {self.member}: no credit from trainer "
+                                   f"rank {dest} in {self.timeout_s} s (HPCORE_ONLINE_TIMEOUT_S)")
+            time.sleep(2e-4)
+        del MPI
+
+    def send(self, field_name: str, array, time_step: int) -> None:
+        """Send this rank's part of ``field_name`` at ``time_step``; waits for a credit. Not collective."""
+        if self.closed:
+            raise RuntimeError("send after finalize")
+        if field_name not in self.fields:
+            raise ValueError(f"rank {self.rank}/{self.size}: field_name {field_name!r} was not declared by init "
+                             f"(declared: {sorted(self.fields)})")
+        data = np.ascontiguousarray(array, dtype=np.float64).ravel()
+        if data.size != self.fields[field_name]:
+            raise ValueError(f"rank {self.rank}/{self.size}: {field_name!r} has {data.size} values, init declared "
+                             f"local_size={self.fields[field_name]}")
+        dest = P.trainer_of(self.member, int(time_step), self.n_trainers, self.routing)
+        header = P.Header(P.KIND_DATA, self.member, self.attempt, time_step, self.rank, self.size, data.size,
+                          self.params, field_name)
+        msg = P.pack_message(header, data)
+        self._take_credit(dest)
+        self.inter.Send(msg, dest, P.TAG_DATA)
+
+    def finalize(self) -> None:
+        """Say goodbye to every trainer rank and disconnect. Collective on ``comm``."""
+        if self.closed:
+            return
+        self.closed = True
+        header = P.Header(P.KIND_BYE, self.member, self.attempt, -1, self.rank, self.size, 0, self.params, "bye")
+        msg = P.pack_message(header)
+        for dest in range(self.n_trainers):
+            self.inter.Send(msg, dest, P.TAG_DATA)
+        self.inter.Disconnect()
+        self.inter = None
+
+
+_client: Client | None = None
+
+
+def init(field_name: str, local_size: int, comm) -> None:
+    """Declare ``field_name`` (``local_size`` float64 values on this rank); the first call connects.
+
+    Collective on ``comm`` (the member's communicator): every rank calls it, with the
+    same ``field_name`` and its own ``local_size``. The member identity comes from
+    the ``HPCORE_ONLINE_*`` environment (see the module docstring).
+    """
+    global _client
+    from hpcore import as_comm
+
+    comm = as_comm(comm) if hasattr(__import__("hpcore"), "as_comm") else comm
+    if _client is None:
+        env = environment()
+        _client = Client(comm, env["server"], env["member"], env["attempt"], env["params"], env["routing"],
+                         env["timeout_s"])
+    _client.add_field(field_name, local_size)
+
+
+def send(field_name: str, array, time_step: int) -> None:
+    """Send this rank's part of ``field_name`` at ``time_step`` to its trainer rank. Not collective."""
+    if _client is None:
+        raise RuntimeError("send before init")
+    _client.send(field_name, array, time_step)
+
+
+def finalize() -> None:
+    """End the member's connection (after the last send). Collective on the member's communicator."""
+    global _client
+    if _client is not None:
+        _client.finalize()
+        _client = None

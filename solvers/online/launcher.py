@@ -1,0 +1,186 @@
+"""Starting, watching and retrying ensemble members (on trainer rank 0).
+
+Two ways to start members (``study.launcher``):
+
+- ``subprocess`` (default, survives a killed member): each member is its own
+  ``mpiexec -n ranks_per_member COMMAND`` job in its own process group; it connects
+  to the trainer's ports (``MPI_Comm_connect``). A member whose job exits non-zero,
+  runs longer than ``member_timeout_s`` or sends nothing for ``silence_timeout_s``
+  is killed (the whole process group) and counted failed.
+- ``mpmd``: members are started with the trainer in one ``mpiexec ... : ...``
+  line and pick their members themselves (:func:`mpmd_members`); no retries.
+
+A failed member is retried with the same parameters up to ``max_retries`` times,
+then its parameters are redrawn (:meth:`ParameterSampler.redraw`) and it starts
+again; ``(member, attempt)`` names each try.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+
+__all__ = ["Launcher", "member_environment", "mpmd_members"]
+
+log = logging.getLogger(__name__)
+
+
+def member_environment(port_file, member, attempt, params, study) -> dict:
+    """The ``HPCORE_ONLINE_*`` variables of one member try. Not collective."""
+    return {
+        "HPCORE_ONLINE_SERVER": port_file,
+        "HPCORE_ONLINE_MEMBER": str(member),
+        "HPCORE_ONLINE_ATTEMPT": str(attempt),
+        "HPCORE_ONLINE_PARAMS": ",".join(repr(float(p)) for p in params),
+        "HPCORE_ONLINE_ROUTING": study.study.routing,
+        "HPCORE_ONLINE_TIMEOUT_S": str(study.study.client_timeout_s),
+    }
+
+
+def mpmd_members(n_members: int, n_groups: int, group: int) -> list[int]:
+    """Members a client group runs in an MPMD launch (group g takes g, g + G, ...). Not collective."""
+    return list(range(group, n_members, n_groups))
+
+
+class Launcher:
+    """Member bookkeeping and (for ``subprocess``) starting and watching members.
+
+    Not collective: lives on trainer rank 0; the trainer shares its events with
+    the other ranks.
+    """
+
+    def __init__(self, study, port_file: str, sampler):
+        self.study = study
+        self.port_file = port_file
+        self.sampler = sampler
+        n = study.study.members
+        design = sampler.design(n)
+        n_val = study.study.validation_members
+        self.validation = set(range(n - n_val, n))
+        order = sorted(range(n), key=lambda m: (m not in self.validation, m))
+        self.records = {m: {"params": design[m].tolist(), "attempt": 0, "tries": 0, "state": "pending",
+                            "redraws": 0} for m in range(n)}
+        self.queue = order
+        self.running: dict = {}
+        self.finished_elsewhere: set = set()  # (member, attempt) that every trainer rank saw finish
+        self.failures = 0
+        self.mode = study.study.launcher
+        if self.mode == "mpmd":  # members start with the trainer: all running from the start, never retried
+            for rec in self.records.values():
+                rec["state"], rec["tries"] = "running", 1
+            self.queue = []
+        os.makedirs(study.study.run_dir, exist_ok=True)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def state(self) -> str:
+        return json.dumps({"records": {str(k): v for k, v in self.records.items()}, "queue": self.queue,
+                           "failures": self.failures, "sampler": self.sampler.state()})
+
+    def load_state(self, text: str) -> None:
+        """Restore bookkeeping; members that were running are queued again (first in line)."""
+        d = json.loads(text)
+        self.records = {int(k): v for k, v in d["records"].items()}
+        running = [m for m, r in self.records.items() if r["state"] == "running"]
+        for m in running:
+            self.records[m]["state"] = "pending"
+            self.records[m]["attempt"] += 1
+        self.queue = running + [m for m in d["queue"] if m not in running]
+        self.failures = d["failures"]
+        self.sampler.load_state(d["sampler"])
+
+    def counts(self) -> dict:
+        c = {"pending": 0, "running": 0, "done": 0}
+        for r in self.records.values():
+            c[r["state"]] = c.get(r["state"], 0) + 1
+        c["failed"] = self.failures
+        return c
+
+    def all_done(self) -> bool:
+        return all(r["state"] == "done" for r in self.records.values())
+
+    # -- starting and watching -------------------------------------------------------------------
+    def _start(self, m: int) -> None:
+        rec = self.records[m]
+        rec["state"] = "running"
+        rec["tries"] += 1
+        s = self.study.study
+        env = member_environment(self.port_file, m, rec["attempt"], rec["params"], self.study)
+        if self.mode == "subprocess":
+            log_path = os.path.join(s.run_dir, f"member-{m}-{rec['attempt']}.log")
+            cmd = [s.mpiexec, "-n", str(s.ranks_per_member), *self.study.member_command()]
+            with open(log_path, "w") as out:
+                proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            with open(os.path.join(s.run_dir, f"member-{m}-{rec['attempt']}.pid"), "w") as f:
+                f.write(f"{proc.pid}\n")
+            self.running[m] = {"proc": proc, "start": time.time(), "attempt": rec["attempt"]}
+        log.info("member %d attempt %d started: params %s", m, rec["attempt"], np.round(rec["params"], 4).tolist())
+
+    def _kill(self, info) -> None:
+        proc = info.get("proc")
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    def _fail(self, m: int, why: str) -> tuple:
+        info = self.running.pop(m)
+        self._kill(info)
+        rec = self.records[m]
+        failed = (m, info["attempt"])
+        self.failures += 1
+        rec["attempt"] += 1
+        if rec["tries"] > self.study.study.max_retries:
+            rec["params"] = self.sampler.redraw().tolist()
+            rec["redraws"] += 1
+            rec["tries"] = 0
+            why += f"; {self.study.study.max_retries} retries spent, parameters redrawn"
+        rec["state"] = "pending"
+        self.queue.insert(0, m)
+        log.warning("member %d attempt %d failed (%s)", m, failed[1], why)
+        return failed
+
+    def poll(self, last_seen: dict, finished: set) -> list:
+        """Check running members, start new ones; returns the ``(member, attempt)`` that failed.
+
+        ``last_seen``: member -> latest wall time any trainer rank heard from it;
+        ``finished``: ``(member, attempt)`` every trainer rank saw say goodbye.
+        """
+        failed = []
+        now = time.time()
+        s = self.study.study
+        if self.mode == "mpmd":
+            for m, rec in self.records.items():
+                if rec["state"] == "running" and (m, 0) in finished:
+                    rec["state"] = "done"
+            return failed
+        for m, info in list(self.running.items()):
+            if self.mode == "subprocess":
+                rc = info["proc"].poll()
+                if rc is not None:
+                    if rc == 0:
+                        self.running.pop(m)
+                        self.records[m]["state"] = "done"
+                    else:
+                        failed.append(self._fail(m, f"exit code {rc}"))
+                    continue
+            seen = max(last_seen.get(m, 0.0), info["start"])
+            if now - info["start"] > s.member_timeout_s:
+                failed.append(self._fail(m, f"ran longer than member_timeout_s={s.member_timeout_s}"))
+            elif now - seen > s.silence_timeout_s:
+                failed.append(self._fail(m, f"silent for silence_timeout_s={s.silence_timeout_s}"))
+        while self.queue and len(self.running) < s.concurrency:
+            self._start(self.queue.pop(0))
+        return failed
+
+    def shutdown(self) -> None:
+        for m in list(self.running):
+            self._kill(self.running.pop(m))

@@ -1,0 +1,69 @@
+"""Seeded parameter designs for a study: uniform, Latin hypercube and Halton (scipy.stats.qmc).
+
+The study draws its ``n_members`` parameter sets at once (Latin hypercube needs the
+count up front) and redraws the parameters of a member that failed more than
+``max_retries`` times from a separate uniform stream, seeded from the same seed,
+so a rerun of the study draws the same parameters in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+__all__ = ["METHODS", "ParameterSampler"]
+
+METHODS = ("uniform", "lhs", "halton")
+
+
+class ParameterSampler:
+    """Member parameters in a box. Not collective (every rank may build the same one).
+
+    Parameters
+    ----------
+    bounds : sequence of (low, high)
+        One pair per parameter (at most 8, the header's room).
+    method : {"uniform", "lhs", "halton"}
+    seed : int
+    """
+
+    def __init__(self, bounds, method: str = "lhs", seed: int = 0):
+        b = np.asarray(bounds, dtype=np.float64)
+        if b.ndim != 2 or b.shape[1] != 2 or not 1 <= b.shape[0] <= 8:
+            raise ValueError(f"bounds: expected 1 to 8 (low, high) pairs, got {bounds!r}")
+        if not np.all(b[:, 1] > b[:, 0]):
+            raise ValueError(f"bounds: every high must exceed its low, got {bounds!r}")
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        self.bounds = b
+        self.method = method
+        self.seed = int(seed)
+        self.redraw_rng = np.random.default_rng([self.seed, 1])
+
+    @property
+    def dim(self) -> int:
+        return self.bounds.shape[0]
+
+    def design(self, n: int) -> np.ndarray:
+        """The first ``n`` parameter sets, ``(n, dim)``; the same for the same seed."""
+        from scipy.stats import qmc
+
+        if self.method == "uniform":
+            unit = np.random.default_rng([self.seed, 0]).random((n, self.dim))
+        elif self.method == "lhs":
+            unit = qmc.LatinHypercube(d=self.dim, seed=np.random.default_rng([self.seed, 0])).random(n)
+        else:
+            unit = qmc.Halton(d=self.dim, scramble=True, seed=np.random.default_rng([self.seed, 0])).random(n)
+        return self.bounds[:, 0] + unit * (self.bounds[:, 1] - self.bounds[:, 0])
+
+    def redraw(self) -> np.ndarray:
+        """A fresh parameter set for a member that failed too often (uniform, own stream)."""
+        unit = self.redraw_rng.random(self.dim)
+        return self.bounds[:, 0] + unit * (self.bounds[:, 1] - self.bounds[:, 0])
+
+    def state(self) -> str:
+        return json.dumps(self.redraw_rng.bit_generator.state)
+
+    def load_state(self, text: str) -> None:
+        self.redraw_rng.bit_generator.state = json.loads(text)

@@ -1,0 +1,292 @@
+"""Trainer-side receiving: one port, connections accepted between steps, a receiving thread, credits.
+
+Trainer rank 0 opens an MPI port and writes it to the port file that members
+read (:func:`solvers.online.client.read_ports`). A member's rank 0 first creates
+``<port file>.connect-<member>-<attempt>`` and then calls ``MPI_Comm_connect``;
+the trainer sees that file between two steps and all trainer ranks call
+``MPI_Comm_accept`` together (the member is already waiting, so this takes
+milliseconds). The result is one intercommunicator per member whose remote group
+is the member's ranks: a time step goes to trainer rank ``(member + t) % n``.
+
+Why not accept in a thread: with the MPICH 5.0.2 wheel a thread blocked in
+``MPI_Comm_accept`` blocks every other MPI call of the process (measured: an
+allreduce in the main thread never returns), so accepting happens in the main
+thread, only when a member is known to be connecting.
+
+A second thread on each rank probes every open connection (``MPI_Iprobe``),
+receives messages, assembles the parts of each (member, time step) from all
+member ranks and all required fields into a sample and queues it; training never
+waits for a member: the main thread takes complete samples between steps
+(:meth:`Receiver.take`). This needs ``MPI_THREAD_MULTIPLE`` (mpi4py's default
+request; the MPICH wheel provides it).
+
+Credits: on accept every trainer rank sends each member rank ``window`` credits;
+a credit goes back when its message's sample has been taken by the trainer (or
+dropped), so a member never has more than ``window`` messages in flight per
+trainer rank and waits in ``send`` when the trainer's buffer is full.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+
+from hpcore.lazy_mpi import mpi
+
+from . import protocol as P
+
+__all__ = ["Receiver", "Sample", "publish_ports"]
+
+log = logging.getLogger(__name__)
+
+
+class Sample:
+    """A complete sample: every required field of one (member, attempt, time step), in rank order."""
+
+    __slots__ = ("attempt", "credits", "fields", "member", "params", "time_step")
+
+    def __init__(self, member, attempt, time_step, params, fields, credits):
+        self.member, self.attempt, self.time_step = member, attempt, time_step
+        self.params, self.fields, self.credits = params, fields, credits
+
+
+class _Conn:
+    def __init__(self, inter):
+        self.inter = inter
+        self.size = inter.Get_remote_size()
+        self.member = None
+        self.attempt = None
+        self.byes = 0
+        self.dead = False
+        self.closed = False
+
+
+def publish_ports(comm, port, path: str) -> None:
+    """Write rank 0's ``port`` to ``path`` atomically. Collective on ``comm``."""
+    if comm.Get_rank() == 0:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(f"0 {port}\n# end\n")
+        os.replace(tmp, path)
+    comm.Barrier()
+
+
+class Receiver:
+    """Accept members and receive their samples on this trainer rank, in two threads.
+
+    Not collective (each trainer rank runs its own); :meth:`open` publishes the
+    ports and is collective on the trainer communicator.
+
+    Parameters
+    ----------
+    fields : sequence of str
+        Fields a sample needs (others are acknowledged and ignored).
+    window : int
+        Credits per member rank (messages in flight to this trainer rank).
+    seen : set of (member, time_step), optional
+        Samples already taken before (a restart): new copies are dropped.
+    """
+
+    def __init__(self, fields, window: int = 4, seen=None):
+        if int(window) < 1:
+            raise ValueError(f"window: expected >= 1 credit, got {window}")
+        self.fields = tuple(fields)
+        self.window = int(window)
+        self.seen = set(seen or ())
+        self.lock = threading.Lock()
+        self.mpi_lock = threading.Lock()  # held by the receiving thread while it probes; by accept/disconnect
+        self.conns: list[_Conn] = []
+        self.parts: dict = {}
+        self.ready: collections.deque = collections.deque()
+        self.credit_queue: collections.deque = collections.deque()
+        self.failed: set = set()          # (member, attempt) whose data is ignored from now on
+        self.finished: set = set()        # (member, attempt) whose every rank said BYE here
+        self.last_seen: dict = {}         # member -> wall time (time.time()) of its last message here
+        self.received = 0
+        self.bytes = 0
+        self.dropped = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self.port = None
+        self._threads = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def open(self, comm, path: str) -> None:
+        """Open the port (rank 0), publish it in ``path``, start the receiving thread. Collective on ``comm``."""
+        MPI = mpi()
+        if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+            raise RuntimeError(f"the online trainer needs MPI_THREAD_MULTIPLE, MPI provides level {MPI.Query_thread()}")
+        self.comm = comm
+        self.port_file = path
+        self.port = MPI.Open_port() if comm.Get_rank() == 0 else ""
+        publish_ports(comm, self.port, path)
+        t = threading.Thread(target=self._receive_loop, name="online-receiver", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def connecting(self) -> list:
+        """Member tries waiting in ``MPI_Comm_connect`` (their request files, removed here). Rank 0 only."""
+        import glob
+
+        found = []
+        for name in sorted(glob.glob(self.port_file + ".connect-*")):
+            m, a = (int(v) for v in name.rsplit(".connect-", 1)[1].split("-"))
+            os.remove(name)
+            found.append((m, a))
+        return found
+
+    def accept(self) -> None:
+        """Accept one waiting member on every trainer rank and grant its credits. Collective on ``comm``."""
+        MPI = mpi()
+        with self.mpi_lock:  # UCX-MPICH hangs when a thread probes during an accept (measured)
+            inter = self.comm.Accept(self.port if self.comm.Get_rank() == 0 else None, MPI.INFO_NULL, 0)
+            inter.Set_errhandler(MPI.ERRORS_RETURN)
+            conn = _Conn(inter)
+            grant = np.array([self.window], dtype=np.int64)
+            for r in range(conn.size):
+                inter.Send(grant, r, P.TAG_CREDIT)
+        with self.lock:
+            self.conns.append(conn)
+
+    def disconnect_finished(self, finished) -> None:
+        """Disconnect the connections of ``finished`` (member, attempt) pairs. Collective on ``comm``
+        (every trainer rank passes the same pairs, in the same order)."""
+        for key in finished:
+            with self.lock:
+                conns = [c for c in self.conns if (c.member, c.attempt) == tuple(key) and not c.closed]
+            for conn in conns:
+                conn.closed = True
+                with self.mpi_lock:
+                    conn.inter.Disconnect()
+
+    def close(self) -> None:
+        """Stop the receiving thread and close the port. Not collective. Safe to call twice."""
+        if self.port is None:
+            return
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        if self.port:
+            mpi().Close_port(self.port)
+        self.port = None
+
+    # -- receiving ---------------------------------------------------------------------------------
+    def _receive_loop(self):
+        MPI = mpi()
+        status = MPI.Status()
+        while not self._stop.is_set():
+            with self.mpi_lock:
+                busy = self._receive_once(MPI, status)
+            if not busy:
+                time.sleep(2e-4)
+
+    def _receive_once(self, MPI, status) -> bool:
+        busy = False
+        while self.credit_queue:
+            conn, rank = self.credit_queue.popleft()
+            if not (conn.dead or conn.closed):
+                try:
+                    conn.inter.Send(np.ones(1, dtype=np.int64), rank, P.TAG_CREDIT)
+                except Exception as exc:  # noqa: BLE001 - a member died meanwhile
+                    self.errors.append(f"credit to member {conn.member}: {exc}")
+            busy = True
+        with self.lock:
+            conns = [c for c in self.conns if not (c.dead or c.closed or c.byes == c.size)]
+        for conn in conns:
+            try:
+                if not conn.inter.Iprobe(MPI.ANY_SOURCE, P.TAG_DATA, status):
+                    continue
+                buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+                conn.inter.Recv(buf, status.Get_source(), P.TAG_DATA)
+            except Exception as exc:  # noqa: BLE001 - a member died: its connection is abandoned
+                conn.dead = True
+                self.errors.append(f"member {conn.member}: {exc}")
+                continue
+            busy = True
+            self._handle(conn, buf)
+        return busy
+
+    def _handle(self, conn, buf):
+        header, data = P.unpack_message(buf)
+        key_ma = (header.member, header.attempt)
+        with self.lock:
+            conn.member, conn.attempt = header.member, header.attempt
+            self.last_seen[header.member] = time.time()
+            if key_ma in self.failed:
+                conn.dead = True
+                return
+            if header.kind == P.KIND_BYE:
+                conn.byes += 1
+                if conn.byes == conn.size:
+                    self.finished.add(key_ma)
+                return
+            self.received += 1
+            self.bytes += buf.size
+        credit = (conn, header.rank)
+        with self.lock:
+            if header.field not in self.fields or (header.member, header.time_step) in self.seen:
+                self.dropped += 1
+                self.credit_queue.append(credit)
+                return
+            key = (header.member, header.attempt, header.time_step)
+            entry = self.parts.setdefault(key, {"params": header.params, "size": header.size, "parts": {},
+                                                "credits": []})
+            entry["parts"][(header.field, header.rank)] = data.copy()
+            entry["credits"].append(credit)
+            if len(entry["parts"]) == len(self.fields) * entry["size"]:
+                del self.parts[key]
+                fields = {f: np.concatenate([entry["parts"][(f, r)] for r in range(entry["size"])])
+                          for f in self.fields}
+                self.ready.append(Sample(header.member, header.attempt, header.time_step, entry["params"], fields,
+                                         entry["credits"]))
+
+    # -- the trainer's side -----------------------------------------------------------------------
+    def available(self) -> int:
+        """Complete samples waiting to be taken. Not collective."""
+        return len(self.ready)
+
+    def take(self, n: int) -> list[Sample]:
+        """Take up to ``n`` complete samples in arrival order; their credits go back. Not collective."""
+        out = []
+        with self.lock:
+            while self.ready and len(out) < n:
+                s = self.ready.popleft()
+                if (s.member, s.time_step) in self.seen:
+                    self.credit_queue.extend(s.credits)
+                    continue
+                self.seen.add((s.member, s.time_step))
+                self.credit_queue.extend(s.credits)
+                out.append(s)
+        return out
+
+    def fail(self, member: int, attempt: int, drop_partial: bool) -> int:
+        """Ignore (member, attempt) from now on; drop its incomplete parts (and complete ones if
+        ``drop_partial``). Returns the number of complete samples dropped. Not collective."""
+        with self.lock:
+            self.failed.add((member, attempt))
+            for conn in self.conns:
+                if conn.member == member and conn.attempt == attempt and not conn.closed:
+                    conn.dead = True
+            for key in [k for k in self.parts if k[:2] == (member, attempt)]:
+                del self.parts[key]
+            n = 0
+            if drop_partial:
+                keep = collections.deque()
+                for s in self.ready:
+                    if (s.member, s.attempt) == (member, attempt):
+                        n += 1
+                    else:
+                        keep.append(s)
+                self.ready = keep
+                self.seen = {k for k in self.seen if k[0] != member}
+            return n
+
+    def open_connections(self) -> int:
+        """Connections still open (members not finished, not failed). Not collective."""
+        with self.lock:
+            return sum(1 for c in self.conns if not (c.dead or c.closed or c.byes == c.size))
