@@ -30,7 +30,7 @@ class Case:
     """One pattern to time: ``group`` is "DDTBench" or "TEMPI"."""
 
     group: str
-    pattern: object  # hpcore.typezoo.Pattern
+    pattern: object  # hpcore.testing.typezoo.Pattern
     mean_run_nbytes: float = 0.0
     result: dict = field(default_factory=dict)
 
@@ -56,7 +56,7 @@ def add_arguments(parser) -> None:
 def build_cases(target_nbytes: int, only: str | None = None) -> list:
     """DDTBench patterns at ``target_nbytes`` plus TEMPI's byte-vector sweep. Caller frees."""
     import hpcore
-    from hpcore import typezoo
+    from hpcore.testing import typezoo
 
     found = [("DDTBench", p) for p in typezoo.ddtbench_patterns(target_nbytes).values()]
     found += [("TEMPI", p) for p in typezoo.tempi_sweep().values()]
@@ -108,7 +108,7 @@ def host_pack_bench(case: Case, repeat: int, warmup: int) -> dict:
     from mpi4py import MPI
 
     import hpcore
-    from hpcore import typezoo
+    from hpcore.testing import typezoo
 
     p = case.pattern
     dt, count, nbytes = p.datatype, p.count, p.packed_nbytes
@@ -252,7 +252,7 @@ def _view(xp, u8, start: int, shape: tuple, strides: tuple, itemsize: int):
 
 def _mpi_offsets(datatype, count: int, buffer_nbytes: int) -> np.ndarray:
     """Byte offset of every packed byte in the buffer, in typemap order (found with MPI_Pack)."""
-    from hpcore import typezoo
+    from hpcore.testing import typezoo
 
     offsets = np.zeros(datatype.Get_size() * count, dtype=np.int64)
     positions = np.arange(buffer_nbytes, dtype=np.int64)
@@ -316,7 +316,7 @@ def device_pack_bench(cp, case: Case, repeat: int, warmup: int) -> dict:
     CUDA events and the stream is synchronized before timing starts.
     """
     import hpcore
-    from hpcore import typezoo
+    from hpcore.testing import typezoo
 
     p = case.pattern
     dt, count, nbytes = p.datatype, p.count, p.packed_nbytes

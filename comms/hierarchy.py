@@ -11,6 +11,7 @@ import numpy as np
 from hpcore.arrays import array_module
 from hpcore.boundary import agree, as_comm, as_op
 from hpcore.errors import MismatchError
+from hpcore.slurm.env import gather_topology_addrs, switch_depths
 
 from .levels import Layout, ring_bytes_sent, ring_messages
 from .ring import ring_allgather, ring_allreduce, ring_reduce_scatter
@@ -229,21 +230,7 @@ class Hierarchy:
                         node_of[r] = n
             facts["node"] = node_of
         if "switch" in spec:
-            from hpcore.topology import slurm_env
-
-            error, addr = None, ()
-            try:
-                info = slurm_env(environ)
-                addr = info.topology_addr if info is not None else ()
-            except ValueError as exc:
-                error = exc
-            agree(comm, error)
-            addrs = comm.allgather(tuple(addr))
-            if not auto and any(len(a) < 2 for a in addrs):
-                raise ValueError("levels: 'switch' needs SLURM_TOPOLOGY_ADDR with a switch above the node on every "
-                                 f"rank (got {sorted(set(addrs))[:4]}); run under srun on a cluster with a "
-                                 "topology plugin, or give the levels explicitly")
-            facts["switch"] = addrs
+            facts["switch"] = gather_topology_addrs(comm, environ, required=not auto)
         # expand the spec into (name, kind, arg) levels, innermost first
         items = []
         for i, item in enumerate(spec):
@@ -252,9 +239,9 @@ class Hierarchy:
             elif item == "node":
                 items.append((names[i] if names else "node", "node", None))
             else:
-                depth = max((len(a) for a in facts["switch"]), default=0)
-                for d in range(depth - 1, 0, -1):  # leaf switch (longest prefix) first
-                    nm = (names[i] if names else "switch") + ("" if d == depth - 1 else str(depth - 1 - d))
+                depths = switch_depths(facts["switch"])  # leaf switch (longest prefix) first
+                for d in depths:
+                    nm = (names[i] if names else "switch") + ("" if d == depths[0] else str(depths[0] - d))
                     items.append((nm, "switch", d))
         if auto:
             kept = []

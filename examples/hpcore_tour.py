@@ -13,7 +13,7 @@ import numpy as np
 from mpi4py import MPI
 
 import hpcore
-from hpcore import typezoo
+from hpcore.testing import typezoo
 from hpcore.cuda_aware import detect_cuda_aware
 from hpcore.topology import Topology, describe
 

@@ -5,7 +5,7 @@ import pytest
 from mpi4py import MPI
 
 import hpcore
-from hpcore import typezoo
+from hpcore.testing import typezoo
 from hpcore.datatype import BlockSet, StridedBlock
 
 

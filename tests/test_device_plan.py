@@ -5,7 +5,8 @@ import pytest
 from mpi4py import MPI
 
 import hpcore
-from hpcore import device_pack, typezoo
+from hpcore import device_pack
+from hpcore.testing import typezoo
 
 BASES = [(4096, 8192), (4096 + 4, 8192), (4096 + 8, 8192 + 2), (4096 + 1, 8192 + 16)]
 

@@ -552,3 +552,61 @@ def test_open_mpi_needs_pmix(cluster, openmpi_python, tmp_path, launcher):
     ranks, _ = _check_run(text, 4, 2, prefix=str(openmpi_python.parent.parent))
     # Open MPI's shared-memory split does not see Slurm's two emulated nodes; source="slurm" does.
     assert {int(r["nodes"]) for r in ranks} == {2}
+
+
+def test_own_variables_and_discovery_need_no_code(tmp_path):
+    """A new template file is found by listing the directory and may declare its own variables."""
+    (tmp_path / "extra.sbatch").write_text(
+        "#!/bin/bash\n#% summary: a template the renderer has never seen\n"
+        "#% var TRAINERS(int): trainer ranks\n#% var STUDY: study name\n#% default STUDY=demo\n#% min TRAINERS=1\n"
+        "#SBATCH --nodes={{NODES}}\necho {{TRAINERS}} {{STUDY}}\n")
+    (tmp_path / "cpu.sbatch").write_text((hs.template_dir() / "cpu.sbatch").read_text())
+    assert [t.name for t in hs.list_templates(tmp_path)] == ["cpu", "extra"]
+    tpl = hs.load_template("extra", tmp_path)
+    assert tpl.settable == ("NODES", "TRAINERS", "STUDY")
+    assert "TRAINERS" in tpl.describe() and "trainer ranks" in tpl.describe()
+    out = hs.render("extra", {"NODES": 2, "TRAINERS": 3}, directory=tmp_path)
+    assert out.endswith("#SBATCH --nodes=2\necho 3 demo\n")
+    with pytest.raises(ValueError, match=r"needs TRAINERS \(--set TRAINERS=...\): trainer ranks"):
+        hs.render("extra", {"NODES": 2}, directory=tmp_path)
+    with pytest.raises(ValueError, match="TRAINERS.*must be >= 1"):
+        hs.render("extra", {"NODES": 2, "TRAINERS": 0}, directory=tmp_path)
+    (tmp_path / "dup.sbatch").write_text("#% var NODES: again\n")
+    with pytest.raises(ValueError, match="NODES is already defined"):
+        hs.load_template("dup", tmp_path)
+
+
+def test_templates_are_package_data_and_render_from_a_wheel(tmp_path):
+    """Build a wheel from a copy of the sources, install it --no-deps into a directory, render from there."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for pkg in ("hpcore", "comms", "solvers"):
+        shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("hpcore-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    assert (site / "hpcore" / "templates" / "slurm" / "cpu.sbatch").is_file()
+    assert (site / "hpcore" / "py.typed").is_file() and (site / "comms" / "py.typed").is_file()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    where = subprocess.run([sys.executable, "-c", "import hpcore.slurm as s; print(s.template_dir())"], cwd=run,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip() == str(site / "hpcore" / "templates" / "slurm"), where.stderr
+    listed = subprocess.run([sys.executable, "-m", "hpcore.slurm", "list"], cwd=run, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0 and all(name in listed.stdout for name in TEMPLATES), listed.stderr
+    args = [sys.executable, "-m", "hpcore.slurm", "render", "cpu", "--nodes", "1", "--tasks-per-node", "2",
+            "--launcher", "mpiexec", "--set", "MPI=mpich", "--output", str(run / "out")]
+    missing = subprocess.run(args, cwd=run, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "--set EXAMPLES_DIR=" in missing.stderr
+    rendered = subprocess.run([*args, "--set", f"EXAMPLES_DIR={REPO / 'examples'}"], cwd=run, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    assert "#SBATCH --nodes=1" in rendered.stdout and f"{REPO / 'examples'}/where_am_i.py" in rendered.stdout

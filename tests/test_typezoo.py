@@ -1,4 +1,4 @@
-"""Serial tests of hpcore.typezoo: random datatypes, MPI's reference pack, named patterns."""
+"""Serial tests of hpcore.testing.typezoo: random datatypes, MPI's reference pack, named patterns."""
 
 import dataclasses
 import re
@@ -8,7 +8,7 @@ import pytest
 
 MPI = pytest.importorskip("mpi4py.MPI")
 
-from hpcore.typezoo import (  # noqa: E402
+from hpcore.testing.typezoo import (  # noqa: E402
     CONSTRUCTORS,
     MAX_SIZE,
     MAX_TRUE_EXTENT,

@@ -1,8 +1,12 @@
-"""Render the sbatch templates of ``slurm/``: ``python -m hpcore.slurm render cpu --nodes 2 --tasks-per-node 4``.
+"""Render the sbatch templates of ``hpcore/templates/slurm/``: ``python -m hpcore.slurm render cpu --nodes 2 --tasks-per-node 4``.
 
 A template is a batch script with ``{{NAME}}`` placeholders and a few ``#%`` lines
 for the renderer (a summary, per-template defaults and minimums), which are left
-out of the result. Every variable is described in :data:`VARIABLES`; the renderer
+out of the result. The templates install with the package (package data); every
+``*.sbatch`` file in that directory is a template, found by listing it, so adding
+one needs no code: it uses the shared variables of :data:`VARIABLES` and may declare
+its own with ``#% var NAME: help`` (see ``slurm/README.md``). Every shared variable
+is described in :data:`VARIABLES`; the renderer
 checks each value before writing anything, so that a bad node count or a typo in a
 variable name fails on the login node, not after hours in the queue. Rendering
 needs no Slurm; only ``--launcher auto`` (the default) asks mpi4py which MPI
@@ -133,6 +137,13 @@ class Template:
     defaults: Mapping[str, str]
     minimums: Mapping[str, int]
     uses: tuple[str, ...]
+    own: Mapping[str, Variable] = dataclasses.field(default_factory=dict)
+    """Variables this template declares itself (``#% var NAME: help``)."""
+
+    @property
+    def variables(self) -> dict[str, Variable]:
+        """The shared :data:`VARIABLES` and this template's own, in that order."""
+        return {**VARIABLES, **self.own}
 
     @property
     def settable(self) -> tuple[str, ...]:
@@ -140,13 +151,14 @@ class Template:
         names = set(self.uses)
         if "LAUNCH" in names:
             names |= {"LAUNCHER", "MPI"}
-        return tuple(n for n in VARIABLES if n in names and VARIABLES[n].settable)
+        known = self.variables
+        return tuple(n for n in known if n in names and known[n].settable)
 
     def describe(self) -> str:
         """Lines for ``list -v``: every variable the template takes, with its default."""
         lines = [f"{self.name}: {self.summary}"]
         for name in self.settable:
-            var = VARIABLES[name]
+            var = self.variables[name]
             default = self.defaults.get(name, var.default)
             if name == "MPI":
                 shown = "(detected)"
@@ -162,13 +174,14 @@ class Template:
 
 
 def template_dir() -> Path | None:
-    """The ``slurm/`` directory of the repository hpcore was installed from (editable/source), or None."""
-    here = Path(__file__).resolve().parent.parent / "slurm"
+    """The directory of the installed templates, ``hpcore/templates/slurm/`` (package data), or None."""
+    here = Path(__file__).resolve().parent.parent / "templates" / "slurm"
     return here if here.is_dir() else None
 
 
 def _examples_dir() -> Path | None:
-    here = Path(__file__).resolve().parent.parent / "examples"
+    """The repository's ``examples/`` next to the package (a checkout or an editable install), or None."""
+    here = Path(__file__).resolve().parent.parent.parent / "examples"
     return here if here.is_dir() else None
 
 
@@ -181,8 +194,8 @@ def _resolve_dir(directory) -> Path:
     found = template_dir()
     if found is None:
         raise ValueError(
-            "no template directory: slurm/ is not next to the hpcore package (installed without the "
-            "repository?); pass --template-dir DIR or a path to a template file"
+            "no template directory: hpcore/templates/slurm/ is missing from this installation; "
+            "pass --template-dir DIR or a path to a template file"
         )
     return found
 
@@ -214,6 +227,8 @@ def load_template(template, directory=None) -> Template:
             )
     text = path.read_text(encoding="utf-8")
     summary, defaults, minimums = "", {}, {}
+    own = _own_variables(path, text)
+    known = {**VARIABLES, **own}
     for number, line in enumerate(text.splitlines(), 1):
         match = _DIRECTIVE.match(line)
         if match is None:
@@ -225,7 +240,7 @@ def load_template(template, directory=None) -> Template:
         elif key in ("default", "min"):
             name, sep, value = rest.partition("=")
             name = name.strip()
-            if not sep or name not in VARIABLES:
+            if not sep or name not in known:
                 raise ValueError(f"{where}: expected '#% {key} NAME=VALUE' with a known NAME, got {line!r}")
             if key == "default":
                 defaults[name] = value.strip()
@@ -234,18 +249,45 @@ def load_template(template, directory=None) -> Template:
                     minimums[name] = int(value)
                 except ValueError:
                     raise ValueError(f"{where}: minimum of {name} must be an integer, got {value.strip()!r}") from None
-        else:
-            raise ValueError(f"{where}: unknown directive '#% {key}' (known: summary, default, min)")
+        elif key != "var":
+            raise ValueError(f"{where}: unknown directive '#% {key}' (known: summary, default, min, var)")
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#%"))
     uses = []
     for source in [body, *defaults.values()]:
         for name in _PLACEHOLDER.findall(source):
-            if name not in VARIABLES:
-                raise ValueError(f"template {path}: uses unknown variable {{{{{name}}}}}")
+            if name not in known:
+                raise ValueError(f"template {path}: uses unknown variable {{{{{name}}}}} (declare it with "
+                                 f"'#% var {name}: what it means')")
             if name not in uses:
                 uses.append(name)
-    uses.sort(key=list(VARIABLES).index)
-    return Template(path.stem, path, text, summary, defaults, minimums, tuple(uses))
+    uses.sort(key=list(known).index)
+    return Template(path.stem, path, text, summary, defaults, minimums, tuple(uses), own)
+
+
+_VAR = re.compile(r"^#%\s*var\s+([A-Z][A-Z0-9_]*)\s*(?:\(\s*(\w+)\s*\))?\s*:\s*(\S.*)$")
+_OWN_KINDS = ("text", "int", "path", "name", "token", "time")
+
+
+def _own_variables(path: Path, text: str) -> dict[str, Variable]:
+    """The ``#% var NAME[(kind)]: help`` declarations of a template. Not collective."""
+    own: dict[str, Variable] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not re.match(r"^#%\s*var\b", line):
+            continue
+        match = _VAR.match(line)
+        where = f"{path}:{number}"
+        if match is None:
+            raise ValueError(f"{where}: expected '#% var NAME: help' or '#% var NAME(kind): help' "
+                             f"(NAME in capitals), got {line!r}")
+        name, kind, help_text = match.group(1), match.group(2) or "text", match.group(3).strip()
+        if name in VARIABLES or name in own:
+            raise ValueError(f"{where}: variable {name} is already defined"
+                             + (" (a shared variable; use '#% default' to change its default)"
+                                if name in VARIABLES else ""))
+        if kind not in _OWN_KINDS:
+            raise ValueError(f"{where}: kind of {name} must be one of {', '.join(_OWN_KINDS)}, got {kind!r}")
+        own[name] = Variable(name, help_text, kind, None, 0 if kind == "int" else None)
+    return own
 
 
 # --------------------------------------------------------------------------- MPI and launchers
@@ -404,9 +446,9 @@ def render(template, values: Mapping[str, object] | None = None, *, directory=No
     tpl = template if isinstance(template, Template) else load_template(template, directory)
     given = dict(values or {})
     for name in given:
-        if name not in VARIABLES:
-            raise ValueError(f"unknown variable {name!r}; known: {', '.join(VARIABLES)}")
-        var = VARIABLES[name]
+        if name not in tpl.variables:
+            raise ValueError(f"unknown variable {name!r}; known: {', '.join(tpl.variables)}")
+        var = tpl.variables[name]
         if not var.settable:
             raise ValueError(f"{name} is computed ({var.help}) and cannot be set")
         if name not in tpl.settable:
@@ -417,7 +459,7 @@ def render(template, values: Mapping[str, object] | None = None, *, directory=No
 
     out: dict[str, str] = {}
     for name in dict.fromkeys(tpl.uses + tpl.settable):
-        var = VARIABLES[name]
+        var = tpl.variables[name]
         if name in given:
             out[name] = _check_value(var, given[name], tpl)
         elif name in tpl.defaults:
@@ -426,6 +468,8 @@ def render(template, values: Mapping[str, object] | None = None, *, directory=No
             out[name] = _check_value(var, var.default, tpl)
         elif name in ("NODES", "TASKS_PER_NODE"):
             raise ValueError(f"template {tpl.name!r} needs {var.flag} ({name})")
+        elif name in tpl.own:
+            raise ValueError(f"template {tpl.name!r} needs {name} (--set {name}=...): {var.help}")
     # Computed values.
     if "NODES" in out and "TASKS_PER_NODE" in out:
         out["NTASKS"] = str(int(out["NODES"]) * int(out["TASKS_PER_NODE"]))
@@ -436,7 +480,8 @@ def render(template, values: Mapping[str, object] | None = None, *, directory=No
     if "EXAMPLES_DIR" in tpl.uses and "EXAMPLES_DIR" not in out:
         found = _examples_dir()
         if found is None:
-            raise ValueError("cannot find hpcore's examples/ directory next to the package; --set EXAMPLES_DIR=...")
+            raise ValueError("cannot find hpcore's examples/ directory next to the package (an installed wheel "
+                             "has none): --set EXAMPLES_DIR=/path/to/hpcore/examples")
         out["EXAMPLES_DIR"] = _check_value(VARIABLES["EXAMPLES_DIR"], str(found), tpl)
     if "EXAMPLE" in tpl.uses and "EXAMPLE" not in out:
         raise ValueError(f"template {tpl.name!r} needs EXAMPLE (--set EXAMPLE='path/to/script.py args')")
@@ -458,7 +503,7 @@ def render(template, values: Mapping[str, object] | None = None, *, directory=No
     def fill(text: str, depth: int = 0) -> str:
         def one(match):
             name = match.group(1)
-            if name not in VARIABLES:
+            if name not in tpl.variables:
                 raise ValueError(f"unknown variable {{{{{name}}}}} in a value")
             if name not in out:
                 raise ValueError(f"template {tpl.name!r}: {{{{{name}}}}} has no value here")
@@ -508,7 +553,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     lst = sub.add_parser("list", help="list the templates (-v: with their variables)")
     lst.add_argument("-v", "--verbose", action="store_true")
-    lst.add_argument("--template-dir", help="directory of *.sbatch templates (default: the repository's slurm/)")
+    lst.add_argument("--template-dir", help="directory of *.sbatch templates (default: the installed hpcore/templates/slurm/)")
     ren = sub.add_parser("render", help="fill a template and write the batch script")
     ren.add_argument("template", help="template name (see 'list') or path to a .sbatch file")
     ren.add_argument("--nodes", help="nodes (NODES)")
@@ -520,7 +565,7 @@ def _parser() -> argparse.ArgumentParser:
     ren.add_argument("--output", help="directory for the job's log and results (OUTPUT_DIR; default: .)")
     ren.add_argument("--set", action="append", metavar="KEY=VALUE", help="any variable (repeatable)")
     ren.add_argument("-o", "--out", metavar="FILE", help="write the script here (default: standard output)")
-    ren.add_argument("--template-dir", help="directory of *.sbatch templates (default: the repository's slurm/)")
+    ren.add_argument("--template-dir", help="directory of *.sbatch templates (default: the installed hpcore/templates/slurm/)")
     return parser
 
 
@@ -555,7 +600,3 @@ def main(argv=None) -> int:
         sys.stderr.write(f"python -m hpcore.slurm: error: {exc}\n")
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

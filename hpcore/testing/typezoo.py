@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import HpcoreError
+from ..errors import HpcoreError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; importing does no MPI work
     from mpi4py import MPI
