@@ -238,7 +238,7 @@ def _run(args, comm, guard) -> int:
 
     from .model import FluxTransport
 
-    initial = guard.run_phase("set-up", _initial, config)
+    initial = guard.run_phase("initial map", _initial, config)
     model = guard.run_phase("set-up", FluxTransport, comm, config, restart=args.restart, initial=initial)
     guard.run_phase("pre-flight", _preflight, model, config, args.max_stages_per_step)
     d = model.domain

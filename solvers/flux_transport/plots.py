@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
 from .grid import SphereGrid
 
-__all__ = ["plot_map", "plot_butterfly", "plot_history", "plot_run"]
+__all__ = ["plot_butterfly", "plot_history", "plot_map", "plot_run"]
 
 
 def _plt():
@@ -30,7 +31,7 @@ def _limit(data) -> float:
 
 
 def plot_map(path: str, br: np.ndarray, grid: SphereGrid, title: str = "Br",
-             projection: Literal["mollweide", "latlon"] = "mollweide", vmax: Optional[float] = None) -> str:
+             projection: Literal["mollweide", "latlon"] = "mollweide", vmax: float | None = None) -> str:
     """Write ``br`` ``(ntheta, nphi)`` [G] as a PNG. Not collective."""
     plt = _plt()
     br = np.asarray(br, dtype=np.float64)
@@ -118,8 +119,8 @@ def plot_history(path: str, history: dict, title: str = "history") -> str:
     return path
 
 
-def plot_run(directory: str, prefix: str, br: np.ndarray, grid: SphereGrid, history_path: Optional[str] = None,
-             butterfly: Optional[tuple] = None) -> list:
+def plot_run(directory: str, prefix: str, br: np.ndarray, grid: SphereGrid, history_path: str | None = None,
+             butterfly: tuple | None = None) -> list:
     """The standard plots of a run in ``directory``; returns the paths written. Not collective."""
     from .history import read_history
 

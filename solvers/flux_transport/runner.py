@@ -33,7 +33,7 @@ import traceback
 
 import numpy as np
 
-__all__ = ["Guard", "PhaseFailed", "TestFaults", "exit_status", "install_excepthook"]
+__all__ = ["FaultHook", "Guard", "PhaseFailed", "exit_status", "install_excepthook"]
 
 DEADLINE_ENV = "FLUX_TRANSPORT_ABORT_AFTER_S"
 FAULT_ENV = "HPCORE_TEST_FAULT"
@@ -94,7 +94,7 @@ class Guard:
         if deadline_s is None:
             deadline_s = float(os.environ.get(DEADLINE_ENV, "5"))
         self.deadline_s = float(deadline_s)
-        self.faults = TestFaults.from_env(self.rank)
+        self.faults = FaultHook.from_env(self.rank)
         self._old_handlers: dict = {}
 
     # ------------------------------------------------------------------ signals
@@ -199,7 +199,7 @@ def install_excepthook(comm) -> None:
     sys.excepthook = hook
 
 
-class TestFaults:
+class FaultHook:
     """Faults injected by ``$HPCORE_TEST_FAULT`` on this rank (test-only; see the module docstring)."""
 
     KINDS = ("memoryerror", "enospc", "sigint", "valueerror")
@@ -208,7 +208,7 @@ class TestFaults:
         self.faults = faults  # [(kind, when)]
 
     @classmethod
-    def from_env(cls, rank: int) -> TestFaults:
+    def from_env(cls, rank: int) -> FaultHook:
         text = os.environ.get(FAULT_ENV, "").strip()
         faults = []
         for item in filter(None, (t.strip() for t in text.split(","))):
