@@ -179,7 +179,7 @@ def _soccer(comm, rotate: bool):
         while not m.done:
             m.step()
         d = m.diagnose()
-        errs = m.comm.gather((m.domain.r0, m.domain.group_root, d["VALIDATION_ERR_CVRMSD"].tolist()), root=0)
+        errs = m.comm.gather((m.domain.r0, m.domain.group_root, d["VALIDATION_ERR_HHabs"].tolist()), root=0)
         steps = m.steps
     finally:
         m.free()

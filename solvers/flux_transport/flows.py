@@ -41,6 +41,7 @@ class FlowModel:
 
     @property
     def active(self) -> bool:
+        """Whether any flow component is on."""
         return (self.dr is not None or self.mf is not None or self.rigid_omega != 0.0 or self.vt_const != 0.0)
 
     def vt(self, theta: np.ndarray) -> np.ndarray:
@@ -67,6 +68,21 @@ class FlowModel:
         if self.rigid_omega:
             out += self.rigid_omega * KM_S_TO_RS_H * s
         return out
+
+    def face_velocities(self, grid) -> tuple:
+        """HipFT's unattenuated flows on its staggered mesh: ``(vt0, vp0)``.
+
+        ``vt0 (ntheta + 1, nr)``: theta velocity at every theta face (face ``j`` north
+        of row ``j``; faces 0 and ``ntheta`` are the ghost faces beyond the poles,
+        evaluated at ``|theta|`` as HipFT's ``sth = sin(|th|)``). ``vp0 (ntheta, nr)``:
+        phi velocity of each row (the same on every phi face of the row), zero on
+        the pole rows (HipFT's ``st = 0`` there) [R_sun/h].
+        """
+        vt0 = self.vt(np.abs(grid.h_th))
+        vp0 = self.vp(grid.h_t)
+        vp0[0] = 0.0
+        vp0[-1] = 0.0
+        return vt0, vp0
 
     def inverse_attenuation(self) -> Optional[np.ndarray]:
         """``1 / B_att`` per realization, or None when attenuation is off."""

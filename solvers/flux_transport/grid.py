@@ -30,15 +30,24 @@ class SphereGrid:
     ``2 sin(theta_j) sin(dtheta/2) dphi`` for a cell, ``2 pi (1 - cos(dtheta/2))``
     for a cap, so the areas sum to ``4 pi`` up to rounding.
 
+    HipFT's metric arrays (:meth:`_hipft_metrics`) come from the node scales
+    themselves, as HipFT computes them from a map's ``dim1``/``dim2``: a grid built
+    from a file's (single-precision) scales carries that file's tiny spacing
+    differences into every weight, so diagnostics and operators agree with HipFT's
+    to round-off on the same map.
+
     Parameters
     ----------
     ntheta : int
         Rows, poles included (>= 5).
     nphi : int
         Periodic phi cells (>= 4), i.e. the file's phi points minus one.
+    theta, phi : array_like, optional
+        The node scales (``ntheta`` colatitudes pole to pole; ``nphi + 1`` longitudes
+        0 .. 2 pi inclusive) when they come from a file; default: exactly uniform.
     """
 
-    def __init__(self, ntheta: int, nphi: int):
+    def __init__(self, ntheta: int, nphi: int, theta=None, phi=None):
         for name, value, least in (("ntheta", ntheta, 5), ("nphi", nphi, 4)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
@@ -63,6 +72,149 @@ class SphereGrid:
         # area of one stored cell; a pole row's cap is shared by its nphi entries
         self.cell_area = 2.0 * self.sin_theta * half * self.dphi
         self.cell_area[0] = self.cell_area[-1] = self.cap_area / self.nphi
+        self.scale_theta = self.theta.copy() if theta is None else np.asarray(theta, dtype=np.float64).ravel().copy()
+        self.scale_phi = (np.arange(self.nphi + 1, dtype=np.float64) * (2.0 * math.pi / self.nphi) if phi is None
+                          else np.asarray(phi, dtype=np.float64).ravel().copy())
+        if self.scale_theta.size != self.ntheta or self.scale_phi.size != self.nphi + 1:
+            raise ValueError(f"scales: expected {self.ntheta} theta and {self.nphi + 1} phi values, got "
+                             f"{self.scale_theta.size} and {self.scale_phi.size}")
+        self._hipft_metrics()
+
+    def _hipft_metrics(self) -> None:
+        """HipFT's mesh quantities (``set_mesh``), re-indexed to this grid's rows and columns.
+
+        Rows ``j = 0 .. ntheta-1`` are HipFT's main-mesh theta points; face ``j``
+        (``j = 0 .. ntheta``) lies north of row ``j`` (faces 0 and ``ntheta`` are the
+        ghost faces beyond the poles). Column ``c`` is HipFT's unique phi point
+        ``k = c + 1`` (1-based ``k = c + 2``), column 0 being HipFT's ``p = 2 pi``
+        point. Per row: ``t, st, ct, st_i, dt`` (row width); per face: ``th, dth,
+        sth, cth``; per column: ``dp`` (cell width), ``dph_w`` / ``dph_e`` (node
+        spacings across the west / east face), and HipFT's CS-WENO3 linear weights
+        (``weno_t``, ``weno_p``: rows ``D_C_CP, D_C_MC, D_M_T, D_CP_T, D_P_T, D_MC_T,
+        eps``) and diagnostic weights (:attr:`diag_theta`, :attr:`diag_phi`).
+        """
+        t = self.scale_theta
+        n = self.ntheta
+        half = 0.5
+        th = np.empty(n + 1)
+        dth = np.empty(n + 1)
+        th[1:n] = half * (t[1:] + t[:-1])
+        dth[1:n] = t[1:] - t[:-1]
+        th[0] = th[1] - dth[1]
+        th[n] = th[n - 1] + dth[n - 1]
+        dth[0] = dth[1]
+        dth[n] = dth[n - 1]
+        self.h_t = t.copy()
+        self.h_th = th
+        self.h_dth = dth
+        self.h_dt = th[1:] - th[:-1]
+        st = np.sin(t)
+        st[0] = st[-1] = 0.0
+        ct = np.cos(t)
+        ct[0] = ct[-1] = 1.0  # as HipFT (only ever multiplied by st = 0 there)
+        self.h_st = st
+        self.h_ct = ct
+        st_i = np.zeros(n)
+        st_i[1:-1] = 1.0 / st[1:-1]
+        self.h_st_i = st_i
+        self.h_sth = np.sin(np.abs(th))
+        self.h_cth = np.cos(th)
+        # phi: HipFT's p(1 .. np) with p(np) = p(2) + 2 pi (np = nphi + 2), here 0-based q = 0 .. nphi + 1
+        m = self.nphi
+        p = np.empty(m + 2)
+        p[:m + 1] = self.scale_phi
+        p[m + 1] = p[1] + 2.0 * math.pi
+        ph = np.empty(m + 2)
+        dph = np.empty(m + 2)
+        ph[1:] = half * (p[1:] + p[:-1])
+        dph[1:] = p[1:] - p[:-1]
+        ph[0] = ph[m] - 2.0 * math.pi
+        dph[0] = dph[m]
+        dp = np.empty(m + 2)
+        dp[:m + 1] = ph[1:] - ph[:-1]
+        dp[m + 1] = dp[1]
+        q = np.arange(m)
+        q[0] = m  # our column 0 is HipFT's p = 2 pi point
+        self.h_p = p
+        self.h_q = q
+        self.dp = dp[q].copy()
+        """Cell widths [rad] of the ``nphi`` columns (HipFT's ``dp``)."""
+        self.dph_w = dph[q].copy()
+        self.dph_e = dph[q + 1].copy()
+
+        def weights(d):
+            # HipFT's load_weno on cell widths d(i-1), d(i), d(i+1)
+            dm, dc, dq = d[:-2], d[1:-1], d[2:]
+            tot = dm + dc + dq
+            return np.stack([dc / (dc + dq), dc / (dm + dc), dm / tot, (dc + dq) / tot, dq / tot, (dm + dc) / tot])
+
+        wt = np.zeros((7, n))
+        wt[:6, 1:-1] = weights(self.h_dt)
+        wt[6] = self.h_dt
+        self.weno_t = wt
+        wp = weights(dp)  # for q = 1 .. nphi
+        wfull = np.zeros((6, m + 2))
+        wfull[:, 1:m + 1] = wp
+        wfull[:, 0] = wfull[:, m]
+        wfull[:, m + 1] = wfull[:, 1]
+        self.weno_p = np.vstack([wfull[:, q], dp[q][None, :]])
+        # diagnostics (analysis_step): theta weights da_t, sin and cos at the row; phi weights by file column
+        da_t = st.copy()
+        sn = np.sin(t)
+        cs = np.cos(t)
+        da_t = sn * self.h_dt
+        tav_n = half * (t[0] + t[1])
+        tav_s = half * (t[-1] + t[-2])
+        sn[0], cs[0] = math.sin(tav_n), math.cos(tav_n)
+        sn[-1], cs[-1] = math.sin(tav_s), math.cos(tav_s)
+        da_t[0] = 0.25 * sn[0] * dth[1]
+        da_t[-1] = 0.25 * sn[-1] * dth[n - 1]
+        self.diag_theta = np.stack([da_t, sn, cs])
+        """``(3, ntheta)``: HipFT's ``da_t``, ``sin`` and ``cos`` of each row for the history integrals."""
+        # file columns i = 0 .. nphi (both 0 and 2 pi); column 0 and nphi are the same cell
+        da_p = np.empty(m + 1)
+        da_p[1:m] = dp[1:m]
+        da_p[0] = half * dph[0]
+        da_p[m] = half * dph[m]
+        pf = p[:m + 1]
+        w = np.zeros((3, m))
+        for i in range(m + 1):
+            c = i % m
+            w[0, c] += da_p[i]
+            w[1, c] += math.cos(pf[i]) * da_p[i]
+            w[2, c] += math.sin(pf[i]) * da_p[i]
+        self.diag_phi = w
+        """``(3, nphi)``: HipFT's ``da_p``, ``cos(p) da_p`` and ``sin(p) da_p`` per column (seam columns folded)."""
+
+    # ------------------------------------------------------------------ HipFT's operator factors
+    def advection_factors(self) -> dict:
+        """Per-row, per-face and per-column factors of HipFT's advection operator.
+
+        ``sth (ntheta + 1)`` face sines, ``st_i``, ``dt_i (ntheta)``, ``dp_i``, ``dp (nphi)``;
+        ``cap_n``, ``cap_s``: HipFT's ``bc_flow_npole_fac`` (``2 / (dth pi)``).
+        """
+        pi_i = 1.0 / math.pi
+        return {"sth": self.h_sth, "st_i": self.h_st_i, "dt_i": 1.0 / self.h_dt, "dp_i": 1.0 / self.dp,
+                "dp": self.dp, "cap_n": 2.0 * (1.0 / self.h_dth[1]) * pi_i,
+                "cap_s": 2.0 * (1.0 / self.h_dth[self.ntheta - 1]) * pi_i}
+
+    def diffusion_factors(self) -> dict:
+        """Factors of HipFT's five-point diffusion operator (``load_diffusion_matrix``) without eta.
+
+        ``L x = eta ((an (x_n - x) + as (x_s - x)) + s (pw (x_w - x) + pe (x_e - x)))`` with
+        ``an = dth_i(j) dt_i(j) st_i(j) sth(j)``, ``as = dth_i(j+1) dt_i(j) st_i(j) sth(j+1)``,
+        ``s = st_i^2`` per row and ``pw = dph_i(k) dp_i(k)``, ``pe = dph_i(k+1) dp_i(k)`` per
+        column; caps: ``cap_n = dth_i^2 / pi`` times ``sum (2 eta) (x_1 - x_0) dp``.
+        """
+        dth_i = 1.0 / self.h_dth
+        dt_i = 1.0 / self.h_dt
+        an = dth_i[:-1] * dt_i * self.h_st_i * self.h_sth[:-1]
+        as_ = dth_i[1:] * dt_i * self.h_st_i * self.h_sth[1:]
+        dp_i = 1.0 / self.dp
+        pi_i = 1.0 / math.pi
+        return {"an": an, "as": as_, "s": self.h_st_i * self.h_st_i, "pw": (1.0 / self.dph_w) * dp_i,
+                "pe": (1.0 / self.dph_e) * dp_i, "dp": self.dp,
+                "cap_n": pi_i * dth_i[1] ** 2, "cap_s": pi_i * dth_i[self.ntheta - 1] ** 2}
 
     # ------------------------------------------------------------------ scales of files
     @property
@@ -97,7 +249,7 @@ class SphereGrid:
         if abs(theta[0]) > tol or abs(theta[-1] - math.pi) > tol:
             raise ValueError(f"{name}: theta scale must run from 0 to pi inclusive (poles included), got "
                              f"{theta[0]:.6g} .. {theta[-1]:.6g}")
-        grid = cls(theta.size, phi.size - 1)
+        grid = cls(theta.size, phi.size - 1, theta=theta, phi=phi)
         dphi_err = float(np.max(np.abs(phi - grid.file_phi)))
         dtheta_err = float(np.max(np.abs(theta - grid.theta)))
         if dphi_err > tol * 10 or dtheta_err > tol * 10:
@@ -110,6 +262,7 @@ class SphereGrid:
         return float(self.cell_area.sum() * self.nphi)
 
     def __eq__(self, other) -> bool:
+        """Same shape (a file's scales may differ from the exact ones in their last float32 bits)."""
         return isinstance(other, SphereGrid) and self.shape == other.shape
 
     def __hash__(self) -> int:

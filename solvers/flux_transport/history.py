@@ -14,19 +14,21 @@ __all__ = ["Diagnostics", "HistoryWriter", "COLUMNS", "read_history"]
 
 COLUMNS = ("STEP", "TIME", "BR_MIN", "BR_MAX", "BR_ABS_MIN", "FLUX_POSITIVE", "FLUX_NEGATIVE",
            "NPOLE_FLUX_POSITIVE", "NPOLE_FLUX_NEGATIVE", "SPOLE_FLUX_POSITIVE", "SPOLE_FLUX_NEGATIVE",
-           "NPOLE_AREA", "SPOLE_AREA", "EQ_DIPOLE", "AX_DIPOLE", "VALIDATION_ERR_CVRMSD")
+           "NPOLE_AREA", "SPOLE_AREA", "EQ_DIPOLE", "AX_DIPOLE", "VALIDATION_ERR_HHabs")
 """HipFT's ``hipft_history_sol`` columns: time [h], Br [G], fluxes [Mx], areas [cm^2], dipoles [G]."""
 
 
 class Diagnostics:
-    """Integrals of Br over this rank's cells, summed over the group's ranks.
+    """Integrals of Br over this rank's cells with HipFT's weights, summed over the group's ranks.
 
     Not collective to build; :meth:`compute` is collective on the group
-    (``domain.decomp.comm``). Every integral uses exact cell integrals of its
-    weight (areas, ``cos(theta)``, ``sin(theta) cos(phi)``, ``sin(theta) sin(phi)``),
-    so a map of ``B0 cos(theta)`` has an axial dipole ``B0`` up to the grid's
-    second-order sampling error. Polar regions: rows whose colatitude is within
-    ``90 - polar_latitude_deg`` of a pole (HipFT's ``pole_flux_lat_limit``).
+    (``domain.decomp.comm``). The weights are HipFT's (``analysis_step``): a cell
+    counts ``da_t da_p`` with ``da_t = sin(t) dt`` (a pole row: ``sin(t_mid) dth / 4``
+    at the mid-point colatitude of the first interval) and ``da_p`` its phi width
+    (the seam column gathers HipFT's two half widths); dipoles weight by the
+    sines and cosines HipFT uses. On the same map the initial history agrees
+    with HipFT's to round-off. Polar regions: rows whose colatitude is at most
+    ``90 - polar_latitude_deg`` from a pole (HipFT's ``pole_flux_lat_limit``).
 
     Sums over ranks are ``MPI_Allreduce``: their last bits depend on the rank
     count (min and max do not).
@@ -38,28 +40,17 @@ class Diagnostics:
         d = domain
         rows = np.arange(d.row0, d.row0 + d.ntl)
         cols = np.arange(d.col0, d.col0 + d.npl)
-        h = grid.dtheta
-        area = grid.cell_area[rows]
-        theta = grid.theta[rows]
-        # exact cell integrals of cos(theta) dOmega and sin(theta) dtheta-weights
-        cos_w = np.cos(theta) * math.cos(0.5 * h) * area
-        sin2 = 0.5 * h - 0.5 * np.cos(2.0 * theta) * math.sin(h)  # integral of sin^2 over the cell's theta range
-        pole = (rows == 0) | (rows == grid.ntheta - 1)
-        a = 0.5 * h
-        cos_w[rows == 0] = math.pi * math.sin(a) ** 2 / grid.nphi
-        cos_w[rows == grid.ntheta - 1] = -math.pi * math.sin(a) ** 2 / grid.nphi
-        sin2[pole] = 0.0
-        phi = grid.phi[cols]
-        c = 2.0 * math.sin(0.5 * grid.dphi)
-        limit = math.radians(90.0 - polar_latitude_deg)
-        north = (theta <= limit + 1e-12).astype(np.float64)
-        south = (theta >= math.pi - limit - 1e-12).astype(np.float64)
-        ones = np.ones(phi.size)
-        # cell weights, cells in (row, column) order: flux weights and dipole weights
-        self.flux_w = np.stack([np.outer(area, ones).ravel(), np.outer(area * north, ones).ravel(),
-                                np.outer(area * south, ones).ravel()], axis=1)
-        self.dip_w = np.stack([np.outer(sin2, c * np.cos(phi)).ravel(), np.outer(sin2, c * np.sin(phi)).ravel(),
-                               np.outer(cos_w, ones).ravel()], axis=1)
+        da_t, sn_t, cs_t = (w[rows] for w in grid.diag_theta)
+        da_p, cos_p, sin_p = (w[cols] for w in grid.diag_phi)
+        t = grid.h_t[rows]
+        limit = (90.0 - polar_latitude_deg) * (math.pi / 180.0)
+        north = (t <= limit).astype(np.float64)
+        south = (t >= math.pi - limit).astype(np.float64)
+        area = np.outer(da_t, da_p).ravel()
+        self.flux_w = np.stack([area, np.outer(da_t * north, da_p).ravel(), np.outer(da_t * south, da_p).ravel()],
+                               axis=1)
+        self.dip_w = np.stack([np.outer(sn_t * da_t, cos_p).ravel(), np.outer(sn_t * da_t, sin_p).ravel(),
+                               np.outer(cs_t * da_t, da_p).ravel()], axis=1)
         self.polar_area = (float(self.flux_w[:, 1].sum()), float(self.flux_w[:, 2].sum()))
         self._dev = None
 
@@ -95,7 +86,8 @@ class Diagnostics:
         area = np.array([[self.polar_area[0]] * nr, [self.polar_area[1]] * nr])
         sums = np.concatenate([_host(sums).astype(np.float64), area])
         mins = np.stack([_host(f.min(axis=1)), _host(xp.abs(f).min(axis=1))]).astype(np.float64)
-        maxs = np.ascontiguousarray(_host(f.max(axis=1)), dtype=np.float64)
+        # HipFT starts its maximum at the smallest positive double
+        maxs = np.maximum(np.ascontiguousarray(_host(f.max(axis=1)), dtype=np.float64), np.finfo(np.float64).tiny)
         comm = self.domain.decomp.comm
         comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
         comm.Allreduce(MPI.IN_PLACE, mins, op=MPI.MIN)
@@ -109,7 +101,7 @@ class Diagnostics:
             "SPOLE_FLUX_POSITIVE": RSUN_CM2 * sums[2], "SPOLE_FLUX_NEGATIVE": RSUN_CM2 * sums[5],
             "NPOLE_AREA": RSUN_CM2 * area[0], "SPOLE_AREA": RSUN_CM2 * area[1],
             "EQ_DIPOLE": k * np.sqrt(sums[6] ** 2 + sums[7] ** 2), "AX_DIPOLE": k * sums[8],
-            "VALIDATION_ERR_CVRMSD": (np.sqrt(sums[9] / np.where(sums[10] > 0, sums[10], 1.0))
+            "VALIDATION_ERR_HHabs": (np.sqrt(sums[9] / np.where(sums[10] > 0, sums[10], 1.0))
                                       if exact is not None else np.zeros(nr)),
         }
         return out
@@ -120,14 +112,14 @@ def _host(a):
 
 
 class HistoryWriter:
-    """One text file per realization, HipFT's columns (``<prefix>_history_r000001.out``).
+    """One text file per realization, HipFT's columns (``<stem>_r000001.out``, e.g. ``hipft_history_sol``).
 
     Not collective: the root rank of each realization group writes its realizations.
     ``restart_step``: keep the rows of steps <= it (a restart continues the file).
     """
 
-    def __init__(self, directory: str, realizations, prefix: str = "ft", restart_step: Optional[int] = None):
-        self.paths = [os.path.join(directory, f"{prefix}_history_r{r + 1:06d}.out") for r in realizations]
+    def __init__(self, directory: str, realizations, stem: str = "ft_history", restart_step: Optional[int] = None):
+        self.paths = [os.path.join(directory, f"{stem}_r{r + 1:06d}.out") for r in realizations]
         for p in self.paths:
             if restart_step is not None and os.path.exists(p):
                 with open(p, encoding="utf-8") as fh:
@@ -140,6 +132,7 @@ class HistoryWriter:
                     fh.write(" ".join(f"{c:>23s}" if i else f"{c:>10s}" for i, c in enumerate(COLUMNS)) + "\n")
 
     def write(self, step: int, time: float, values: dict) -> None:
+        """Append one row per realization (``values``: ``{column: (nr,)}``)."""
         for i, p in enumerate(self.paths):
             row = [f"{step:10d}", f"{time:23.15e}"] + [f"{float(values[c][i]):23.15e}" for c in COLUMNS[2:]]
             with open(p, "a", encoding="utf-8") as fh:

@@ -18,14 +18,17 @@ from .flows import FlowModel
 from .grid import KM2_S_TO_RS2_H, KM_S_TO_RS_H, SphereGrid
 from .history import Diagnostics, HistoryWriter
 from .initial import DEFAULT_REGIONS, balance_flux, bipolar_map, dipole_map, real_harmonic, soccer_ball
-from .operators import BLOCK, AdvectionOperator, DiffusionOperator
+from .operators import AdvectionOperator, DiffusionOperator
 from .parallel import GHOST, Domain
-from .timestepping import SAFETY, sts_coefficients, sts_stages, sts_step, ssprk43, subcycles
+from .timestepping import SAFETY, sts_coefficients, sts_stages
 
-__all__ = ["FluxTransport"]
+__all__ = ["FluxTransport", "MAX_SUBCYCLES"]
 
 log = logging.getLogger(__name__)
 _TAG_BLOCK = 7311
+MAX_SUBCYCLES = 60
+"""HipFT's ``diffusion_subcycles_max``: the automatic sub-cycling takes the rest of the step at cycle 59."""
+_HUGE = float(np.finfo(np.float64).max)
 
 
 class FluxTransport:
@@ -92,6 +95,7 @@ class FluxTransport:
         state = None
         field0 = None
         shape = None
+        scales = None
         error = None
         if rank == 0:
             try:
@@ -103,15 +107,16 @@ class FluxTransport:
                         raise ConfigError(f"restart: {restart!r} holds {field0.shape[0]} realizations, the config "
                                           f"asks for {config.n_realizations}")
                 else:
-                    field0 = self._initial_on_root(config, initial)
+                    field0, scales = self._initial_on_root(config, initial)
                 if not np.all(np.isfinite(field0)):
                     raise ConfigError("initial map: holds NaN or Inf values")
                 shape = field0.shape
             except (TypeError, ValueError, OSError) as exc:
                 error = exc
         agree(comm, error)
-        shape, state = comm.bcast((shape, state), root=0)
-        grid = SphereGrid(shape[-2], shape[-1])
+        shape, state, scales = comm.bcast((shape, state, scales), root=0)
+        grid = (SphereGrid(shape[-2], shape[-1]) if scales is None
+                else SphereGrid(shape[-2], shape[-1], theta=scales[0], phi=scales[1]))
         self.grid = grid
         nreal = config.n_realizations
         if len(shape) == 3 and shape[0] not in (1, nreal):
@@ -147,10 +152,13 @@ class FluxTransport:
         self.flows = self._flow_model(config).take(r0, r1)
         if config.advection:
             self.advection = AdvectionOperator(d, grid, self.flows, xp)
-        self.work = [xp.zeros_like(self.f) for _ in range(6)]
+        self.work = [xp.zeros_like(self.f) for _ in range(5)]
         self.f1 = xp.zeros_like(self.f) if self.advection is not None else None
+        self.f2 = xp.zeros_like(self.f) if self.advection is not None else None
         self.tmp = xp.zeros_like(self.f)
         self._coeff_cache: dict = {}
+        self.dt_flow = math.inf
+        self.dt_ptl = 0.0
 
         # ---------------------------------------------------------------- global limits, checks
         from mpi4py import MPI
@@ -158,7 +166,7 @@ class FluxTransport:
         self.dt_exp = math.inf
         if self.diffusion is not None:
             rate = self.comm.allreduce(self.diffusion.local_rate, op=MPI.MAX)
-            self.dt_exp = SAFETY / rate if rate > 0 else math.inf
+            self.dt_exp = SAFETY * 2.0 / rate if rate > 0 else math.inf  # HipFT's get_dtime_diffusion_euler
         self.implicit = None
         error = None
         try:
@@ -172,7 +180,7 @@ class FluxTransport:
         self.dt_adv_limit0 = math.inf
         if self.advection is not None:
             rate0 = self.comm.allreduce(self.advection.unattenuated_rate(), op=MPI.MAX)
-            self.dt_adv_limit0 = SAFETY / rate0 if rate0 > 0 else math.inf
+            self.dt_adv_limit0 = SAFETY * 0.5 * 2.0 / rate0 if rate0 > 0 else math.inf
             if config.time.dt_h > 0 and config.time.dt_h > self.dt_adv_limit0 * (2.0 if config.time.strang else 1.0):
                 raise ConfigError(f"time.dt_h: the fixed step {config.time.dt_h} h exceeds the advection limit "
                                   f"{self.dt_adv_limit0 * (2.0 if config.time.strang else 1.0):.6g} h "
@@ -209,13 +217,13 @@ class FluxTransport:
         self.butterfly: tuple = ([], [])
         self.wall_s = {"advection": 0.0, "diffusion": 0.0, "assimilation": 0.0, "output": 0.0}
         o = config.output
-        self.history_prefix = o.prefix.split("_")[0]
+        self.history_stem = getattr(o, "history_prefix", "") or f"{o.prefix.split('_')[0]}_history"
         if output:
             if rank == 0:
                 os.makedirs(o.directory, exist_ok=True)
             self.comm.Barrier()
             if d.group_root:
-                self.history = HistoryWriter(o.directory, range(r0, r1), prefix=self.history_prefix,
+                self.history = HistoryWriter(o.directory, range(r0, r1), stem=self.history_stem,
                                              restart_step=self.steps if state is not None else None)
         self._restarted = state is not None
         if self.assimilation is not None and not self._restarted:
@@ -224,19 +232,27 @@ class FluxTransport:
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
     def _initial_on_root(config, initial):
+        """``(map, scales)``: the initial map on rank 0 and, for a map file, its ``(theta, phi)`` scales."""
         i = config.initial
         if initial is not None:
             a = np.asarray(initial, dtype=np.float64)
             if a.ndim not in (2, 3):
                 raise ValueError(f"initial: expected (ntheta, nphi) or (n, ntheta, nphi), got shape {a.shape}")
-            return a
+            return a, None
         if config.validation.kind == "soccer" or i.kind == "soccer":
             grid = SphereGrid(config.grid.ntheta, config.grid.nphi)
-            return soccer_ball(grid)
+            return soccer_ball(grid), None
+        if i.kind == "gaussians":
+            from .initial import gaussians
+
+            grid = SphereGrid(config.grid.ntheta, config.grid.nphi)
+            return gaussians(grid.theta, grid.phi, config.validation.width), None
+        scales = None
         if i.kind == "file":
             from .io import read_map
 
-            data, _, _ = read_map(i.file, name="initial.file")
+            data, fgrid, _ = read_map(i.file, name="initial.file")
+            scales = (fgrid.scale_theta, fgrid.scale_phi)
             data = data * i.scale
         else:
             grid = SphereGrid(config.grid.ntheta, config.grid.nphi)
@@ -248,7 +264,7 @@ class FluxTransport:
                 data = np.zeros(grid.shape)
         if i.flux_balance:
             data = balance_flux(SphereGrid(data.shape[-2], data.shape[-1]), data)
-        return data
+        return data, scales
 
     @staticmethod
     def _flow_model(config) -> FlowModel:
@@ -325,17 +341,11 @@ class FluxTransport:
                 out[a:b] = tmp.transpose(2, 0, 1)
         return out
 
-    # ------------------------------------------------------------------ right-hand sides
-    def _exchange(self, u) -> None:
-        self.domain.halo.exchange(u.reshape(self.domain.padded_shape))
-
-    def _rhs_diffusion(self, u, y):
-        self._exchange(u)
-        self.diffusion.apply(u, y, self.tmp)
-
-    def _rhs_advection(self, u, y):
-        self._exchange(u)
-        self.advection.apply(u, y)
+    # ------------------------------------------------------------------ halo
+    def _exchange(self, *arrays) -> None:
+        """Fill the ghosts of flat or ``(R, C, nr)`` arrays (one round of messages). Neighbourwise collective."""
+        shape = self.domain.padded_shape
+        self.domain.halo.exchange(*[a.reshape(shape) for a in arrays])
 
     # ------------------------------------------------------------------ stepping
     def _events(self) -> list:
@@ -353,16 +363,23 @@ class FluxTransport:
                 ev.append(nxt)
         return ev
 
-    def _choose_dt(self) -> tuple:
-        """``(dt, t_new)`` of the coming step; ``t_new`` lands exactly on events."""
+    def _prepare_flows(self) -> None:
+        """HipFT's ``update_flow`` + ``get_flow_dtmax`` from the current field. Collective on ``comm``."""
         from mpi4py import MPI
 
+        self._exchange(self.f)
+        rate = self.comm.allreduce(self.advection.prepare(self.f, self._exchange), op=MPI.MAX)
+        dt = SAFETY * 0.5 / max(rate, np.finfo(np.float64).tiny)
+        if self.config.time.strang:
+            dt *= 2.0
+        self.dt_flow = 2.0 * dt  # SSPRK(4,3) has CFL 2
+
+    def _choose_dt(self) -> tuple:
+        """``(dt, t_new)`` of the coming step (HipFT's ``update_timestep``); ``t_new`` lands exactly on events."""
         c = self.config
         dt = c.time.dt_h if c.time.dt_h > 0 else c.time.dt_max_h
         if self.advection is not None and c.time.dt_h <= 0:
-            rate = self.comm.allreduce(self.advection.local_rate(), op=MPI.MAX)
-            if rate > 0:
-                dt = min(dt, SAFETY / rate * (2.0 if c.time.strang else 1.0))
+            dt = min(dt, self.dt_flow)
         t = self.time
         target = min(e for e in self._events() if e > t + 1e-9 * max(1.0, abs(t)))
         if t + dt >= target - 1e-9 * max(1.0, abs(target)):
@@ -370,43 +387,121 @@ class FluxTransport:
         return dt, t + dt
 
     def advect(self, dt: float, prepare: bool = False) -> None:
-        """Advance by advection alone over ``dt`` [h] (one SSPRK(4,3) step). Collective on ``comm``.
+        """Advance by advection alone over ``dt`` [h]: one SSPRK(4,3) step (HipFT's form). Collective on ``comm``.
 
         ``prepare``: evaluate the flows (and attenuation) from the current field
-        first; :meth:`step` does that once per step.
+        first; :meth:`step` does that once per step, as HipFT.
         """
         if prepare:
-            self._exchange(self.f)
-            self.advection.prepare(self.f)
+            self._prepare_flows()
         t0 = _time.perf_counter()
-        ssprk43(self.xp, self.f, dt, self._rhs_advection, self.f1, self.work[2])
+        op = self.advection
+        f, f1, f2 = self.f, self.f1, self.f2
+        self._exchange(f)
+        op.stage(f, None, f1, 0.0, 1.0, 0.5 * dt)
+        self._exchange(f1)
+        op.stage(f1, None, f2, 0.0, 1.0, 0.5 * dt)
+        self._exchange(f2)
+        op.stage(f2, f, f1, 2.0 / 3.0, 1.0 / 3.0, dt / 6.0)
+        self._exchange(f1)
+        op.stage(f1, None, f, 0.0, 1.0, 0.5 * dt)
         self.wall_s["advection"] += _time.perf_counter() - t0
 
+    def _sts(self, dt: float) -> int:
+        """One super time step of ``dt`` [h] in place (HipFT's ``diffusion_step_sts_cd``); returns its stages."""
+        method = self.config.diffusion.method
+        s = sts_stages(dt / self.dt_exp, method)
+        key = (s, method)
+        if key not in self._coeff_cache:
+            self._coeff_cache[key] = sts_coefficients(s, method)
+        co = self._coeff_cache[key]
+        op = self.diffusion
+        u0, dty0, k1, k2, new = self.work
+        u0[...] = self.f
+        self._exchange(u0)
+        op.sts_first(u0, dty0, k1, dt, co.mut[1])
+        k2[...] = u0
+        for j in range(2, s + 1):
+            self._exchange(k1)
+            op.sts_stage(k1, k2, u0, dty0, new, co.mu[j], co.nu[j], co.mut[j] * dt, co.gam[j])
+            k2, k1, new = k1, new, k2
+        self.f[...] = k1
+        return s
+
+    def practical_limit(self, dt_in: float) -> float:
+        """HipFT's practical time-step limit of the current field, at least ``dt_in`` [h]. Collective on ``comm``.
+
+        At the cells where ``|L f|`` is largest (over every realization and rank),
+        the step at which an explicit Euler step would overshoot a neighbour:
+        ``0.95 min(-(f - f_nb) / (Lf - Lf_nb))``; ``dt_in`` when that is smaller; the
+        largest float when nothing limits.
+        """
+        from mpi4py import MPI
+
+        op = self.diffusion
+        af = self.tmp
+        self._exchange(self.f)
+        op.apply(self.f, af)
+        self._exchange(af)
+        amax = self.comm.allreduce(op.ptl_local(self.f, af), op=MPI.MAX)
+        if amax <= 0.0:
+            return _HUGE
+        best = self.comm.allreduce(op.ptl_local(self.f, af, amax), op=MPI.MIN)
+        best = 0.95 * best
+        return dt_in if best < dt_in else best
+
     def diffuse(self, dt: float) -> None:
-        """Advance by diffusion alone over ``dt`` [h] (super steps, sub-cycled if long). Collective on ``comm``."""
+        """Advance by diffusion alone over ``dt`` [h]. Collective on ``comm``.
+
+        HipFT's ``diffusion_step``: with ``diffusion.subcycles = 0`` (its default)
+        each sub-cycle is as long as the practical time-step limit of the current
+        field allows (never shorter than the previous one; the rest of the step at
+        cycle 59), each an RKG2/RKL2 super step with ``s`` stages from its ratio to
+        the explicit Euler limit; with ``subcycles = n`` the step is cut into ``n``
+        equal super steps.
+        """
         t0 = _time.perf_counter()
         if self.implicit is not None:
             self.implicit.step(self.f, dt)
             self.last_stages, self.last_subcycles = 1, 1
-        else:
-            method = self.config.diffusion.method
-            ratio = dt / self.dt_exp
-            n = subcycles(ratio, self.config.diffusion.max_stages, method)
-            s = sts_stages(ratio / n, method)
-            key = (s, method)
-            if key not in self._coeff_cache:
-                self._coeff_cache[key] = sts_coefficients(s, method)
-            for _ in range(n):
-                sts_step(self.xp, self.f, dt / n, self._coeff_cache[key], self._rhs_diffusion, self.work,
-                         block=BLOCK if self.xp is np else 0)
-            self.last_stages, self.last_subcycles = s, n
+            self.wall_s["diffusion"] += _time.perf_counter() - t0
+            return
+        n_fixed = int(getattr(self.config.diffusion, "subcycles", 0) or 0)
+        auto = n_fixed <= 0
+        dt2 = 0.0 if auto else dt / n_fixed
+        stepped = 0.0
+        stages = 0
+        i = 1
+        while True:
+            done = False
+            if auto:
+                dt2 = self.practical_limit(dt2)
+                if stepped + dt2 >= dt:
+                    dt2 = dt - stepped
+                    done = True
+                if i == MAX_SUBCYCLES - 1:
+                    dt2 = dt - stepped
+                    done = True
+            stages += self._sts(dt2)
+            stepped += dt2
+            if not auto and i == n_fixed:
+                done = True
+            if done:
+                break
+            i += 1
+        self.last_stages, self.last_subcycles = stages, i
+        self.stages_total = getattr(self, "stages_total", 0) + stages
         self.wall_s["diffusion"] += _time.perf_counter() - t0
 
     def step(self) -> float:
-        """Advance every realization by one step; returns the step [h]. Collective on ``comm``."""
+        """Advance every realization by one step; returns the step [h]. Collective on ``comm``.
+
+        HipFT's order: flows (and their attenuation) and the CFL limit from the
+        current field, the step, then advection and diffusion (Strang ``A/2 D A/2``
+        when ``time.strang``).
+        """
         if self.advection is not None:
-            self._exchange(self.f)
-            self.advection.prepare(self.f)
+            self._prepare_flows()
         dt, t_new = self._choose_dt()
         strang = self.config.time.strang and self.advection is not None and self.diffusion is not None
         if strang:
@@ -429,6 +524,7 @@ class FluxTransport:
 
     @property
     def done(self) -> bool:
+        """Whether ``time.end_h`` is reached."""
         end = self.config.time.end_h
         return self.time >= end - 1e-9 * max(1.0, abs(end))
 
@@ -451,9 +547,22 @@ class FluxTransport:
         out = f0[:, :, None] * np.exp(-42.0 * eta * t)[None, None, :]
         return self.xp.asarray(out)
 
+    def exact_gaussians(self):
+        """HipFT's validation run 2 exact solution at the current time on this rank's cells ``(ntl, npl, nr)``."""
+        from .initial import gaussians
+
+        d = self.domain
+        g = self.grid
+        c = self.config
+        t = self.time - c.time.start_h
+        f0 = gaussians(g.theta[d.row0:d.row0 + d.ntl], g.phi[d.col0:d.col0 + d.npl], c.validation.width,
+                       dtheta=c.flow.vt_const_km_s * KM_S_TO_RS_H * t, dphi=c.flow.rigid_omega_km_s * KM_S_TO_RS_H * t)
+        return self.xp.asarray(np.repeat(f0[:, :, None], d.nr, axis=2))
+
     def diagnose(self) -> dict:
         """History values of this rank's realizations ``{column: (nr,)}``. Collective on the group."""
-        exact = self.exact_soccer() if self.config.validation.kind == "soccer" else None
+        kind = self.config.validation.kind
+        exact = self.exact_soccer() if kind == "soccer" else self.exact_gaussians() if kind == "gaussians" else None
         return self.diagnostics.compute(self.local_interior(), exact)
 
     def _history_due(self) -> bool:
@@ -505,6 +614,7 @@ class FluxTransport:
         return path if self.rank == 0 else None
 
     def state(self) -> dict:
+        """The run state a checkpoint stores (time, step and output counters)."""
         s = {"time": self.time, "steps": self.steps, "n_map": self.n_map, "n_hist": self.n_hist,
              "n_ckpt": self.n_ckpt}
         if self.assimilation is not None:
@@ -594,7 +704,7 @@ class FluxTransport:
         if self.rank == 0:
             bf = (self.butterfly[0], np.array(self.butterfly[1])) if self.butterfly[0] else None
             files = plot_run(self.config.output.directory, self.config.output.prefix, data[0], self.grid,
-                             self._path(f"{self.history_prefix}_history_r000001.out"), bf)
+                             self._path(f"{self.history_stem}_r000001.out"), bf)
         return files
 
     def free(self) -> None:

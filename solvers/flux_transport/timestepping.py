@@ -82,6 +82,8 @@ def sts_coefficients(s: int, method: Literal["rkg2", "rkl2"] = "rkg2") -> STSCoe
             nu[j] = -b[j] / b[j - 2] * (1.0 / j + 1.0)
             mut[j] = mu[j] * w
             gam[j] = (0.5 * j * (j + 1.0) * b[j - 1] - 1.0) * mut[j]
+        mu[2], nu[2], gam[2] = 0.5, -0.1, 0.0  # set exactly, as HipFT's load_sts_rkg2
+        mut[2] = mu[2] * w
     elif method == "rkl2":
         w = 4.0 / (s * s + s - 2.0)
         b = [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0] + [0.0] * (s - 2)
