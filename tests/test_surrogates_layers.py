@@ -101,8 +101,11 @@ def test_gelu_exact_erf_and_gradient():
     fd_check(model, x, rng)
 
 
-def naive_spectral(x, W, bias, n_modes, fft_norm="backward"):
-    """Oracle: full complex FFT, the mode window of neuraloperator (fftshift + centre slice), irfft."""
+def naive_spectral(x, W, bias, n_modes, fft_norm="backward", unshift=np.fft.ifftshift):
+    """Oracle: full complex FFT, the mode window of neuraloperator (fftshift + centre slice), irfft.
+
+    ``unshift=np.fft.fftshift`` is what neuraloperator 0.3.0 does (differs for odd sizes).
+    """
     order = len(n_modes)
     axes = tuple(range(2, 2 + order))
     spatial = x.shape[2:]
@@ -123,7 +126,7 @@ def naive_spectral(x, W, bias, n_modes, fft_norm="backward"):
             ws.append(slice(0, k))
     out[tuple(xs)] = np.einsum("bi...,io...->bo...", X[tuple(xs)], W[tuple(ws)])
     if order > 1:
-        out = np.fft.ifftshift(out, axes=axes[:-1])
+        out = unshift(out, axes=axes[:-1])
     y = np.fft.irfftn(out, s=spatial, axes=axes, norm=fft_norm)
     return y + bias.reshape((-1,) + (1,) * order)
 
@@ -211,3 +214,17 @@ def test_bad_inputs():
     with pytest.raises(RuntimeError, match="before forward"):
         Dense(2, 2).backward(np.zeros((1, 2)))
     assert math.isfinite(float(model.forward(np.ones((1, 2, 8, 8))).sum()))
+
+
+@pytest.mark.parametrize("spatial", [(7, 6), (5, 7, 4)], ids=["2d", "3d"])
+def test_spectral_neuralop_odd_shift_gradients(spatial):
+    rng = np.random.default_rng(8)
+    conv = SpectralConv(2, 3, (4,) * len(spatial), neuralop_odd_shift=True)
+    model = Stack([conv])
+    x = rng.standard_normal((2, 2) + spatial)
+    ref = naive_spectral(x, conv.p["weight"], conv.p["bias"], (4,) * len(spatial), unshift=np.fft.fftshift)
+    np.testing.assert_allclose(model.forward(x), ref, rtol=1e-12, atol=1e-12)
+    plain = Stack([SpectralConv(2, 3, (4,) * len(spatial))])
+    plain.params[...] = model.params
+    assert np.abs(plain.forward(x) - ref).max() > 1e-3  # the default differs at odd sizes
+    fd_check(model, x, rng)

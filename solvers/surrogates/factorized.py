@@ -34,7 +34,7 @@ _UPPER = "ABCDEFGH"
 
 
 def tucker_rank(shape, rank: float) -> tuple:
-    """tensorly's ``validate_tucker_rank(shape, rank=<float>)`` (rounding "round")."""
+    """Tensorly's ``validate_tucker_rank(shape, rank=<float>)`` (rounding "round")."""
     shape = [int(s) for s in shape]
     n = len(shape)
     total = float(np.prod(shape))
@@ -55,7 +55,7 @@ def tucker_rank(shape, rank: float) -> tuple:
 
 
 def cp_rank(shape, rank: float) -> int:
-    """tensorly's ``validate_cp_rank(shape, rank=<float>)`` (rounding "round"), at least 1."""
+    """Tensorly's ``validate_cp_rank(shape, rank=<float>)`` (rounding "round"), at least 1."""
     return max(int(np.round(np.prod(shape) * rank / np.sum(shape))), 1)
 
 
@@ -83,12 +83,15 @@ class TuckerSpectralConv(SpectralConv):
 
     name = "spectral_tucker"
 
-    def __init__(self, in_channels, out_channels, n_modes, rank=0.5, bias=True, fft_norm="backward"):
-        super().__init__(in_channels, out_channels, n_modes, bias=bias, fft_norm=fft_norm)
+    def __init__(self, in_channels, out_channels, n_modes, rank=0.5, bias=True, fft_norm="backward",
+                 neuralop_odd_shift=False):
+        super().__init__(in_channels, out_channels, n_modes, bias=bias, fft_norm=fft_norm,
+                         neuralop_odd_shift=neuralop_odd_shift)
         shape = self.weight_shape()
         if isinstance(rank, (tuple, list)):
             if len(rank) != len(shape) or any(int(r) < 1 for r in rank):
-                raise ValueError(f"TuckerSpectralConv: rank must be a float or {len(shape)} positive ints, got {rank!r}")
+                raise ValueError(f"TuckerSpectralConv: rank must be a float or {len(shape)} positive ints, "
+                                 f"got {rank!r}")
             self.ranks = tuple(int(r) for r in rank)
         else:
             if not 0 < float(rank):
@@ -102,6 +105,7 @@ class TuckerSpectralConv(SpectralConv):
         self._saved_w = None
 
     def weight_specs(self, init_w):
+        """Core and factor matrices (complex), tltorch's Tucker initialisation scale."""
         std = self.init_std
         n = len(self.ranks)
         r = math.prod(math.sqrt(x) for x in self.ranks)
@@ -119,11 +123,13 @@ class TuckerSpectralConv(SpectralConv):
         return [self.p[f"factor{k}"] for k in range(len(self.ranks))]
 
     def dense_weight(self):
+        """Reconstruct ``W = core x_k U_k`` (complex, ``(in, out, *modes)``)."""
         xp = array_module(self.p["core"])
         spec = ",".join([self._core] + self._factor_subs) + "->" + self._full
         return _einsum(xp, spec, self.p["core"], *self._factors())
 
     def accumulate_weight_grad(self, dweight, wsl):
+        """Chain ``dL/dW`` into the core and factor gradients."""
         xp = array_module(dweight)
         G = _embed(xp, dweight, wsl, self.weight_shape())
         core, factors = self.p["core"], self._factors()
@@ -133,7 +139,8 @@ class TuckerSpectralConv(SpectralConv):
         self.g["core"] += _einsum(xp, spec, G, *cf)
         for k in range(n):
             others = [j for j in range(n) if j != k]
-            spec = ",".join([self._full, self._core] + [self._factor_subs[j] for j in others]) + "->" + self._factor_subs[k]
+            subs = [self._full, self._core] + [self._factor_subs[j] for j in others]
+            spec = ",".join(subs) + "->" + self._factor_subs[k]
             self.g[f"factor{k}"] += _einsum(xp, spec, G, core.conj(), *[cf[j] for j in others])
 
 
@@ -146,8 +153,10 @@ class CPSpectralConv(SpectralConv):
 
     name = "spectral_cp"
 
-    def __init__(self, in_channels, out_channels, n_modes, rank=0.5, bias=True, fft_norm="backward"):
-        super().__init__(in_channels, out_channels, n_modes, bias=bias, fft_norm=fft_norm)
+    def __init__(self, in_channels, out_channels, n_modes, rank=0.5, bias=True, fft_norm="backward",
+                 neuralop_odd_shift=False):
+        super().__init__(in_channels, out_channels, n_modes, bias=bias, fft_norm=fft_norm,
+                         neuralop_odd_shift=neuralop_odd_shift)
         shape = self.weight_shape()
         if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool):
             if rank < 1:
@@ -162,6 +171,7 @@ class CPSpectralConv(SpectralConv):
         self._factor_subs = [self._full[k] + "r" for k in range(n)]
 
     def weight_specs(self, init_w):
+        """Rank weights (ones) and factor matrices (complex), tltorch's CP initialisation scale."""
         n = len(self.weight_shape())
         s = (self.init_std / math.sqrt(self.rank)) ** (1.0 / n)  # tltorch's CPTensor.normal_ scale
 
@@ -176,11 +186,13 @@ class CPSpectralConv(SpectralConv):
         return [self.p[f"factor{k}"] for k in range(len(self.weight_shape()))]
 
     def dense_weight(self):
+        """Reconstruct ``W = sum_r w_r U_0[:, r] o U_1[:, r] o ...``."""
         xp = array_module(self.p["weights"])
         spec = ",".join(["r"] + self._factor_subs) + "->" + self._full
         return _einsum(xp, spec, self.p["weights"], *self._factors())
 
     def accumulate_weight_grad(self, dweight, wsl):
+        """Chain ``dL/dW`` into the rank-weight and factor gradients."""
         xp = array_module(dweight)
         G = _embed(xp, dweight, wsl, self.weight_shape())
         cf = [f.conj() for f in self._factors()]
@@ -216,7 +228,7 @@ class TFNO(FNO):
     def _spectral(self, cfg, i):
         cls = TuckerSpectralConv if cfg["factorization"] == "tucker" else CPSpectralConv
         return cls(cfg["hidden_channels"], cfg["hidden_channels"], cfg["n_modes"], rank=cfg["rank"], bias=True,
-                   fft_norm=cfg["fft_norm"])
+                   fft_norm=cfg["fft_norm"], neuralop_odd_shift=cfg["neuralop_odd_shift"])
 
     def spectral_param_counts(self) -> tuple:
         """``(dense, factorized)``: real numbers in the spectral weights, dense FNO vs this model."""

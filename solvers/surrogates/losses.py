@@ -51,6 +51,7 @@ class LpLoss:
         self.reduction = reduction
 
     def __call__(self, pred, y):
+        """``(value, dvalue/dpred)``."""
         _check_pair(pred, y, "LpLoss")
         xp = array_module(pred)
         batch = pred.shape[0]
@@ -115,6 +116,7 @@ class H1Loss:
         return xp.fft.irfft(U * (1j * k.reshape(shape)), n=n, axis=axis).astype(u.dtype, copy=False)
 
     def __call__(self, pred, y):
+        """``(value, dvalue/dpred)``."""
         _check_pair(pred, y, "H1Loss")
         if pred.ndim < 1 + self.d:
             raise ValueError(f"H1Loss: arrays need {self.d} spatial axes, got shape {pred.shape}")

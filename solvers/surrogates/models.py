@@ -162,6 +162,7 @@ class Model:
 
     @property
     def xp(self):
+        """The array module (numpy or cupy) holding the parameters."""
         return array_module(self.params)
 
     # -- conversions --------------------------------------------------------------------
@@ -313,6 +314,8 @@ class FNO(Model):
     Other Parameters
     ----------------
     fft_norm : {"backward", "forward", "ortho"}
+    neuralop_odd_shift : bool
+        neuraloperator 0.3.0's output shift on odd-sized axes (see ``SpectralConv``).
     dtype : {"float32", "float64"}
     seed : int
     """
@@ -320,7 +323,7 @@ class FNO(Model):
     kind = "fno"
     defaults: ClassVar[dict] = {"n_modes": (16, 16), "hidden_channels": 32, "in_channels": 1, "out_channels": 1,
                 "lifting_channels": 256, "projection_channels": 256, "n_layers": 4,
-                "positional_embedding": False, "fft_norm": "backward"}
+                "positional_embedding": False, "fft_norm": "backward", "neuralop_odd_shift": False}
 
     def _validate(self, cfg):
         modes = cfg["n_modes"]
@@ -332,10 +335,11 @@ class FNO(Model):
             cfg[key] = _positive_int(type(self).__name__, key, cfg[key])
         cfg["lifting_channels"] = _positive_int(type(self).__name__, "lifting_channels", cfg["lifting_channels"], 0)
         cfg["positional_embedding"] = bool(cfg["positional_embedding"])
+        cfg["neuralop_odd_shift"] = bool(cfg["neuralop_odd_shift"])
 
     def _spectral(self, cfg, i):
         return SpectralConv(cfg["hidden_channels"], cfg["hidden_channels"], cfg["n_modes"], bias=True,
-                            fft_norm=cfg["fft_norm"])
+                            fft_norm=cfg["fft_norm"], neuralop_odd_shift=cfg["neuralop_odd_shift"])
 
     def _build(self, cfg):
         self.ndim = len(cfg["n_modes"])

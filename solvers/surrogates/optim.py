@@ -62,7 +62,8 @@ class Adam:
             raise ValueError(f"{type(self).__name__}: params and grads must be 1-D arrays of one shape, got "
                              f"{getattr(params, 'shape', None)} and {getattr(grads, 'shape', None)}")
         if not lr >= 0 or not eps >= 0 or not weight_decay >= 0:
-            raise ValueError(f"{type(self).__name__}: lr, eps, weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
+            raise ValueError(f"{type(self).__name__}: lr, eps, weight_decay must be >= 0, "
+                             f"got {lr}, {eps}, {weight_decay}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas!r}")
         self.params, self.grads = params, grads
@@ -171,6 +172,7 @@ class StepLR(_Schedule):
         return {"step_size": self.step_size, "gamma": self.gamma}
 
     def lr_at(self, epoch):
+        """Learning rate after ``epoch`` schedule steps."""
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -187,4 +189,5 @@ class CosineLR(_Schedule):
         return {"T_max": self.T_max, "eta_min": self.eta_min}
 
     def lr_at(self, epoch):
+        """Learning rate after ``epoch`` schedule steps."""
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2

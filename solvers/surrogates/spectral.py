@@ -75,15 +75,27 @@ def spectral_modes(spatial_shape: Sequence[int], wmodes: Sequence[int]):
     return idx, tuple(wsl), tuple(kept)
 
 
-class _Plan:
-    """Index arrays and scale vectors for one spatial shape (cached per shape and module)."""
+def _index_tuple(xp, nonlast, klast):
+    ix = np.ix_(*[np.asarray(i) for i in nonlast]) if nonlast else ()
+    return (slice(None), slice(None)) + tuple(xp.asarray(i) for i in ix) + (slice(0, klast),)
 
-    def __init__(self, xp, spatial, wmodes):
+
+class _Plan:
+    """Index arrays and scale vectors for one spatial shape (cached per shape and module).
+
+    ``index`` picks the retained input modes, ``out_index`` where their results go
+    (the same entries unless ``odd_shift``: neuraloperator 0.3.0's odd-size shift).
+    """
+
+    def __init__(self, xp, spatial, wmodes, odd_shift=False):
         idx, self.wsl, self.kept = spectral_modes(spatial, wmodes)
         klast = idx[-1]
-        nonlast = [xp.asarray(i) for i in idx[:-1]]
-        ix = np.ix_(*[np.asarray(i) for i in idx[:-1]]) if nonlast else ()
-        self.index = (slice(None), slice(None)) + tuple(xp.asarray(i) for i in ix) + (slice(0, klast),)
+        self.index = _index_tuple(xp, idx[:-1], klast)
+        if odd_shift and any(n % 2 for n in spatial[:-1]):
+            out = [(i - 1) % n if n % 2 else i for i, n in zip(idx[:-1], spatial[:-1])]
+            self.out_index = _index_tuple(xp, out, klast)
+        else:
+            self.out_index = self.index
         nlast = spatial[-1]
         j = np.arange(klast)
         c = np.where((j == 0) | (2 * j == nlast), 1.0, 2.0)
@@ -118,6 +130,12 @@ class SpectralConv(Layer):
     fft_norm : {"backward", "forward", "ortho"}
         Normalisation of the forward FFT (neuraloperator's FNO uses its default,
         "backward").
+    neuralop_odd_shift : bool
+        Reproduce neuraloperator 0.3.0 on odd-sized non-last axes: it undoes its
+        ``fftshift`` with ``fftshift`` (not ``ifftshift``), so the result computed
+        for frequency ``f`` lands on ``f - 1``. Off by default (the mathematically
+        consistent convolution); on for weight-exact interoperability at odd sizes.
+        Even sizes are unaffected.
 
     Notes
     -----
@@ -129,7 +147,7 @@ class SpectralConv(Layer):
     name = "spectral"
 
     def __init__(self, in_channels: int, out_channels: int, n_modes: Sequence[int], bias: bool = True,
-                 fft_norm: str = "backward"):
+                 fft_norm: str = "backward", neuralop_odd_shift: bool = False):
         super().__init__()
         n_modes = [n_modes] if isinstance(n_modes, (int, np.integer)) else list(n_modes)
         if not 1 <= len(n_modes) <= 3:
@@ -145,19 +163,22 @@ class SpectralConv(Layer):
         self.wmodes = weight_modes(self.n_modes)
         self.bias = bool(bias)
         self.fft_norm = fft_norm
+        self.neuralop_odd_shift = bool(neuralop_odd_shift)
         self._plans = {}
         self._saved = None
 
     # -- parameters -------------------------------------------------------------------
     @property
     def init_std(self) -> float:
-        """neuraloperator's ``init_std='auto'``: ``sqrt(2 / (in + out))``."""
+        """Neuraloperator's ``init_std='auto'``: ``sqrt(2 / (in + out))``."""
         return math.sqrt(2.0 / (self.in_channels + self.out_channels))
 
     def weight_shape(self) -> tuple:
+        """``(in_channels, out_channels, *weight_modes(n_modes))``."""
         return (self.in_channels, self.out_channels) + self.wmodes
 
     def param_specs(self):
+        """The weight parameters (see :meth:`weight_specs`) and the bias."""
         std = self.init_std
 
         def init_w(rng, shape):
@@ -166,7 +187,8 @@ class SpectralConv(Layer):
 
         specs = self.weight_specs(init_w)
         if self.bias:
-            specs.append(ParamSpec("bias", (self.out_channels,), False, lambda rng, shape: std * rng.normal(size=shape)))
+            specs.append(ParamSpec("bias", (self.out_channels,), False,
+                                   lambda rng, shape: std * rng.normal(size=shape)))
         return specs
 
     def weight_specs(self, init_w):
@@ -186,7 +208,7 @@ class SpectralConv(Layer):
         key = (xp.__name__, spatial)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = _Plan(xp, spatial, self.wmodes)
+            plan = self._plans[key] = _Plan(xp, spatial, self.wmodes, self.neuralop_odd_shift)
         return plan
 
     def forward(self, x):
@@ -206,7 +228,7 @@ class SpectralConv(Layer):
         Wm = xp.ascontiguousarray(W.reshape(self.in_channels, self.out_channels, M).transpose(2, 0, 1))
         Ym = xp.matmul(Xm, Wm)  # (M, batch, out)
         out = xp.zeros((batch, self.out_channels) + spatial[:-1] + (plan.spectrum_last,), dtype=X.dtype)
-        out[plan.index] = Ym.transpose(1, 2, 0).reshape((batch, self.out_channels) + plan.kept)
+        out[plan.out_index] = Ym.transpose(1, 2, 0).reshape((batch, self.out_channels) + plan.kept)
         y = xp.fft.irfftn(out, s=spatial, axes=axes, norm=self.fft_norm)
         if y.dtype != x.dtype:
             y = y.astype(x.dtype)
@@ -230,7 +252,7 @@ class SpectralConv(Layer):
         if self.bias:
             self.g["bias"] += dy.sum(axis=(0,) + axes)
         G = xp.fft.rfftn(dy, axes=axes, norm=inv)
-        dYs = G[plan.index] * c  # (batch, out, *kept)
+        dYs = G[plan.out_index] * c  # (batch, out, *kept)
         M = plan.M
         dYm = xp.ascontiguousarray(dYs.reshape(batch, self.out_channels, M).transpose(2, 0, 1))  # (M, batch, out)
         dWm = xp.matmul(Xm.conj().transpose(0, 2, 1), dYm)  # (M, in, out)
@@ -243,4 +265,5 @@ class SpectralConv(Layer):
         return dx.astype(real_dtype, copy=False)
 
     def clear(self):
+        """Drop the saved spectra."""
         self._saved = None
