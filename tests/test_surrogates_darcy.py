@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from solvers.surrogates.darcy import (DarcySolver, cosine_basis, darcy_coefficient, generate_darcy,
-                                      grf_coefficients, solve_darcy)
+from solvers.surrogates.darcy import (
+    DarcySolver,
+    cosine_basis,
+    darcy_coefficient,
+    generate_darcy,
+    grf_coefficients,
+    solve_darcy,
+)
 
 
 def dense_operator(a, face="harmonic"):

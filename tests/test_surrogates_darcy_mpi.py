@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from mpi4py import MPI
-
 from mpi_checks import raises_everywhere, verdict
+
 from solvers.surrogates.darcy import DarcySolver, generate_darcy, solve_darcy
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(240)]

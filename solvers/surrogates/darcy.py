@@ -481,7 +481,7 @@ def generate_darcy(comm, path: str, n_samples: int, resolution: int, *, seed: in
         if np.dtype(dtype).kind != "f":
             raise ValueError(f"dtype: expected a floating dtype, got {dtype!r}")
         if rank == 0:
-            import h5py  # noqa: F401
+            import h5py
     except (ValueError, TypeError, ImportError) as exc:
         error = exc
     agree(base, error, what="generate_darcy", path=str(path), n_samples=str(n_samples),
