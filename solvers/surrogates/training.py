@@ -103,6 +103,9 @@ class Trainer:
     normalizer : GaussianNormalizer or None
     """
 
+    loss_is_global = False
+    """True when :meth:`train_step` returns losses already summed over the ranks."""
+
     def __init__(self, model, train: ArrayDataset, tests=None, config: Optional[TrainConfig] = None, *,
                  comm=None, parallel: Optional[DataParallel] = None, log: bool = True, **parallel_options):
         from .losses import H1Loss, LpLoss
@@ -203,7 +206,7 @@ class Trainer:
         for index in self.train.batches(cfg.batch_size, epoch=self.epoch, seed=cfg.seed):
             s, _ = self.train_step(index)
             loss_sum += s
-        if self.parallel.size > 1:
+        if self.parallel.size > 1 and not self.loss_is_global:
             loss_sum = self.comm.allreduce(loss_sum)
         wall = time.perf_counter() - t0
         if self.scheduler is not None:
