@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="hpcore",
     version="0.1.0",
-    description="CUDA-aware MPI layer with canonical datatype packing, halo exchange, ring and hierarchical collectives",
+    description="CUDA-aware MPI layer: canonical datatype packing, halo exchange, ring and hierarchical collectives",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     # 3.11+: solvers.flux_transport reads its TOML configs with the standard library's tomllib

@@ -38,7 +38,8 @@ def _ints(text: str) -> list:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--sizes", default="32,64,128", metavar="N,..", help="cells per rank per axis (default 32,64,128)")
+    parser.add_argument("--sizes", default="32,64,128", metavar="N,..",
+                        help="cells per rank per axis (default 32,64,128)")
     parser.add_argument("--ghosts", default="1,3", metavar="G,..", help="ghost widths (default 1,3)")
     parser.add_argument("--stencils", default="star,box", metavar="S,..", help="stencils (default star,box)")
     parser.add_argument("--fields", default="1,8", metavar="F,..", help="fields per exchange (default 1,8)")
@@ -306,7 +307,8 @@ def _rows(results):
 
 LAYOUT_LABEL = {"arrays": "arrays", "components": "1 array"}
 COLUMNS = [Column("n^3/rank", "d"), Column("g", "d"), Column("stencil", left=True), Column("fields", "d"),
-           Column("layout", left=True), Column("method", left=True), Column("ghost MiB", ".2f"), Column("hpcore us", ".0f"),
+           Column("layout", left=True), Column("method", left=True), Column("ghost MiB", ".2f"),
+           Column("hpcore us", ".0f"),
            Column("hpcore GB/s", ".2f"), Column("DMDA g2l us", ".0f"), Column("vs g2l", ".2f"),
            Column("DMDA l2l us", ".0f"), Column("vs l2l", ".2f"), Column("Sendrecv us", ".0f"),
            Column("vs Sendrecv", ".2f"), Column("nbr-a2aw us", ".0f"), Column("vs nbr", ".2f")]

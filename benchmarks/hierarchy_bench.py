@@ -46,7 +46,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sizes", default="65536,1048576,8388608", metavar="B,..",
                         help="measured message sizes [bytes] per rank (default 64 KiB, 1 MiB, 8 MiB)")
     parser.add_argument("--levels", default=None, metavar="K,..",
-                        help="virtual levels, innermost first (default: 2 when the rank count is even and >= 4, else 1)")
+                        help="virtual levels, innermost first "
+                             "(default: 2 when the rank count is even and >= 4, else 1)")
     parser.add_argument("--collectives", default="allreduce,reduce_scatter,allgather", metavar="C,..",
                         help="measured collectives (default all three)")
     parser.add_argument("--samples", type=int, default=7, metavar="N", help="interleaved samples (default 7)")
@@ -70,7 +71,7 @@ def _iters(nbytes: int) -> int:
 
 
 def _impls(comm, h, what: str, x, shard):
-    """name -> fn() for one collective: flat ring, hierarchical, MPI."""
+    """Name -> fn() for one collective: flat ring, hierarchical, MPI."""
     from mpi4py import MPI
 
     from comms.ring import ring_allgather, ring_allreduce, ring_blocks, ring_reduce_scatter
@@ -270,7 +271,8 @@ def modelled_training(params: float, param_bytes: int, max_nodes: int) -> list:
                   "hpZ": model.predict(f, nbytes, "reduce_scatter", (1, 2)),
                   "3-level": model.predict(f, nbytes, "reduce_scatter", (0, 1, 2))}
         step = {k: gather[k] + backward[k] + reduce[k] for k in gather}
-        memory = {"ZeRO-3": nbytes / (8 * n), "hpZ": nbytes / (8 * n) + nbytes / 8, "3-level": nbytes / (8 * n) + nbytes / 2}
+        memory = {"ZeRO-3": nbytes / (8 * n), "hpZ": nbytes / (8 * n) + nbytes / 8,
+                  "3-level": nbytes / (8 * n) + nbytes / 2}
         rows.append({"nodes": n, "step_s": step, "gather_s": gather, "backward_s": backward, "reduce_s": reduce,
                      "param_bytes_per_gcd": memory})
     return rows

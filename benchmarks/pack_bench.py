@@ -10,8 +10,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .common import (BenchmarkError, Column, command_line, format_table, interleaved_samples, machine_lines,
-                     median, ratio, write_json)
+from .common import (
+    BenchmarkError,
+    Column,
+    command_line,
+    format_table,
+    interleaved_samples,
+    machine_lines,
+    median,
+    ratio,
+    write_json,
+)
 
 COMMAND = "pack"
 HELP = "pack/unpack throughput vs MPI_Pack and memcpy (serial)"

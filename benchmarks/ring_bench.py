@@ -82,7 +82,7 @@ def _slowest(comm, seconds: dict) -> dict:
 
 
 def _implementations(comm, x, out, mop, ring_kw: dict) -> dict:
-    """name -> fn() writing the allreduce of x into out (the peer is 'MPI')."""
+    """Name -> fn() writing the allreduce of x into out (the peer is 'MPI')."""
     from comms.ring import ring_allreduce
 
     tmp = np.empty_like(x)

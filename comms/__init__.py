@@ -11,9 +11,20 @@ from .halo import HaloExchange, HaloHandle, HaloMismatchError
 from .hierarchy import Hierarchy, HierarchyMismatchError, Traffic
 from .levels import Layout, Level
 from .link_placement import Placement, detect_link_class, identity_placement, link_aware_order, link_classes, reorder
-from .ring import (RingMismatchError, RingRequest, chunk_elements, ring_allgather, ring_allgather_start, ring_allreduce,
-                   ring_allreduce_bucket, ring_allreduce_bucket_start, ring_allreduce_start, ring_blocks,
-                   ring_reduce_scatter, ring_reduce_scatter_start)
+from .ring import (
+                   RingMismatchError,
+                   RingRequest,
+                   chunk_elements,
+                   ring_allgather,
+                   ring_allgather_start,
+                   ring_allreduce,
+                   ring_allreduce_bucket,
+                   ring_allreduce_bucket_start,
+                   ring_allreduce_start,
+                   ring_blocks,
+                   ring_reduce_scatter,
+                   ring_reduce_scatter_start,
+)
 from .ring_attention import RingAttention, attention_reference, sequence_positions, zigzag_merge, zigzag_split
 from .sharded import SGD, Adam, ShardedState
 

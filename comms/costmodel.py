@@ -271,11 +271,13 @@ class CostModel:
     # ----------------------------------------------------------------- storage
 
     def to_dict(self) -> dict:
+        """The model as plain JSON-able data (:meth:`from_dict` reads it back). Not collective."""
         return {"levels": [asdict(l) for l in self.levels], "call_overhead_s": self.call_overhead_s,
                 "source": self.source, "reduce_Bps": self.reduce_Bps}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CostModel":
+        """A model from :meth:`to_dict`'s data. Not collective."""
         reduce_Bps = data.get("reduce_Bps")
         return cls(tuple(LevelCost(**l) for l in data["levels"]), call_overhead_s=float(data.get("call_overhead_s", 0)),
                    source=str(data.get("source", "")), reduce_Bps=None if reduce_Bps is None else float(reduce_Bps))

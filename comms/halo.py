@@ -32,8 +32,8 @@ from typing import Optional
 import numpy as np
 
 from hpcore.arrays import cupy_or_none, is_device_array
-from hpcore.datatype import OwnedDatatype, canonicalize, from_view, to_mpi
 from hpcore.boundary import agree
+from hpcore.datatype import OwnedDatatype, canonicalize, from_view, to_mpi
 from hpcore.errors import MismatchError
 from hpcore.lazy_mpi import mpi
 from hpcore.pack import pack, unpack
@@ -209,7 +209,7 @@ class _PackPlan(_Plan):
         return OwnedDatatype(t)
 
     def _combined(self, types):
-        """hpcore's canonical form of the given types laid end to end in the packed stream."""
+        """Hpcore's canonical form of the given types laid end to end in the packed stream."""
         from mpi4py import MPI
 
         if not types:

@@ -313,6 +313,7 @@ class Hierarchy:
 
     @property
     def names(self) -> tuple:
+        """Level names, innermost first. Not collective."""
         return self.layout.names
 
     @property

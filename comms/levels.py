@@ -1,4 +1,7 @@
-"""Nested groups of ranks (pure geometry) and the bytes a ring collective sends: what Hierarchy, the cost model and ShardedState share."""
+"""Nested groups of ranks (pure geometry) and the bytes a ring collective sends.
+
+What :class:`comms.Hierarchy`, the cost model and :class:`comms.ShardedState` share.
+"""
 
 from __future__ import annotations
 

@@ -16,9 +16,25 @@ import numpy as np
 from hpcore.arrays import array_module, is_device_array
 from hpcore.boundary import agree, as_op
 
-from .ring_engine import (DEFAULT_WINDOW, MAX_CHUNK_NBYTES, MIN_CHUNK_NBYTES, UFUNCS, RingMismatchError, RingRequest,
-                          RingSchedule, check_array, check_numeric_dtype, check_out, check_tuning, chunk_elements,
-                          flat, make_link, ring_blocks, ring_context, split_comm)
+from .ring_engine import (
+    DEFAULT_WINDOW,
+    MAX_CHUNK_NBYTES,
+    MIN_CHUNK_NBYTES,
+    UFUNCS,
+    RingMismatchError,
+    RingRequest,
+    RingSchedule,
+    check_array,
+    check_numeric_dtype,
+    check_out,
+    check_tuning,
+    chunk_elements,
+    flat,
+    make_link,
+    ring_blocks,
+    ring_context,
+    split_comm,
+)
 
 __all__ = [
     "RingMismatchError",

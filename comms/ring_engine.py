@@ -100,6 +100,7 @@ def chunk_elements(chunk_nbytes: Optional[int], block_count: int, itemsize: int)
 
 
 def check_tuning(chunk_nbytes, window) -> None:
+    """``chunk_nbytes`` None or >= 1 [bytes], ``window`` >= 1; ``ValueError`` otherwise. Not collective."""
     if chunk_nbytes is not None and int(chunk_nbytes) < 1:
         raise ValueError(f"chunk_nbytes: expected None or >= 1 [bytes], got {chunk_nbytes}")
     if int(window) < 1:
@@ -107,6 +108,7 @@ def check_tuning(chunk_nbytes, window) -> None:
 
 
 def check_numeric_dtype(dtype, op: str, name: str) -> None:
+    """A native-order integer, unsigned, float or complex dtype that ``op`` is defined for. Not collective."""
     if dtype.kind not in "iufc":
         raise TypeError(f"{name}: ring collectives need a numeric dtype (integer, unsigned, float or complex), "
                         f"got {dtype}")
@@ -118,6 +120,7 @@ def check_numeric_dtype(dtype, op: str, name: str) -> None:
 
 
 def check_array(x, name: str) -> None:
+    """``x`` is a NumPy or CuPy array; ``TypeError`` naming ``name`` otherwise. Not collective."""
     if not (isinstance(x, np.ndarray) or is_device_array(x)):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
 
@@ -164,10 +167,12 @@ class RingContext:
         self._hc = None
 
     def next_tag(self) -> int:
+        """A tag for the next operation on this communicator (distinct for concurrent operations)."""
         self.seq += 1
         return 1 + self.seq % self.tag_ub
 
     def transport(self, hc=None):
+        """``hc``, or an ``hpcore.Comm`` over the private duplicate (made on first use) for staged device links."""
         if hc is not None:
             return hc
         if self._hc is None:
@@ -177,6 +182,7 @@ class RingContext:
         return self._hc
 
     def free(self) -> None:
+        """Free the private duplicate; safe to call twice. Not collective (called when ``comm`` is freed)."""
         comm, self.comm = self.comm, None
         if comm is not None:
             try:
@@ -222,9 +228,11 @@ class HostLink:
         self._comm, self._tag, self.left, self.right = comm, tag, left, right
 
     def isend(self, buf):
+        """Start sending ``buf`` to the right neighbour; returns an mpi4py request."""
         return self._comm.Isend([buf, self._byte], self.right, self._tag)
 
     def irecv(self, buf):
+        """Start receiving into ``buf`` from the left neighbour; returns an mpi4py request."""
         return self._comm.Irecv([buf, self._byte], self.left, self._tag)
 
 
@@ -250,13 +258,20 @@ class StagedLink:
         self._hc, self._tag, self.left, self.right = hc, tag, left, right
 
     def isend(self, buf):
+        """Start sending ``buf`` (staged) to the right neighbour; returns a request with ``Test``/``Wait``."""
         return _WrappedRequest(self._hc.isend(buf, self.right, self._tag))
 
     def irecv(self, buf):
+        """Start receiving into ``buf`` (staged) from the left neighbour; returns a request with ``Test``/``Wait``."""
         return _WrappedRequest(self._hc.irecv(buf, self.left, self._tag))
 
 
 def make_link(ctx: RingContext, hc, device: bool, tag: int):
+    """The link to this rank's ring neighbours for buffers on the host or the device. Not collective.
+
+    Device buffers go straight to MPI when it is CUDA-aware (``hc.cuda_aware``, else
+    detected), otherwise through ``hpcore.Comm``'s pinned staging (:class:`StagedLink`).
+    """
     comm = ctx.comm
     rank, size = comm.Get_rank(), comm.Get_size()
     left, right = (rank - 1) % size, (rank + 1) % size

@@ -1,4 +1,4 @@
-"""Training state partitioned over a Hierarchy: ZeRO-3 shards, a secondary copy inside a fast level (ZeRO++ hpZ), 3 levels."""
+"""Training state over a Hierarchy: ZeRO-3 shards, a secondary copy in a fast level (ZeRO++ hpZ), 3 levels."""
 
 from __future__ import annotations
 
@@ -29,10 +29,12 @@ class SGD:
     momentum: float = 0.0
 
     def init(self, shard) -> dict:
+        """The optimizer state of one shard (momentum buffer or none). Not collective."""
         xp = array_module(shard)
         return {"velocity": xp.zeros_like(shard)} if self.momentum else {}
 
     def update(self, param, grad, state: dict, step: int) -> None:
+        """One step on ``param`` in place from ``grad`` (``step`` counts from 1). Not collective."""
         if self.momentum:
             v = state["velocity"]
             v *= self.momentum
@@ -51,10 +53,12 @@ class Adam:
     eps: float = 1e-8
 
     def init(self, shard) -> dict:
+        """The optimizer state of one shard (first and second moments). Not collective."""
         xp = array_module(shard)
         return {"m": xp.zeros_like(shard), "v": xp.zeros_like(shard)}
 
     def update(self, param, grad, state: dict, step: int) -> None:
+        """One Adam step on ``param`` in place from ``grad`` (``step`` from 1, for bias correction). Not collective."""
         xp = array_module(param)
         m, v = state["m"], state["v"]
         m *= self.beta1

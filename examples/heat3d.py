@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
     xp = np
     if args.device:
-        import cupy as xp  # noqa: F811 - the GPU run uses CuPy's namespace throughout
+        import cupy as xp
     n = args.n
     decomp = CartDecomposition(comm, (n, n, n), periodic=args.periodic)
     halo = HaloExchange(decomp, ghost=1, stencil="star")

@@ -13,8 +13,8 @@ import numpy as np
 from mpi4py import MPI
 
 import hpcore
-from hpcore.testing import typezoo
 from hpcore.cuda_aware import detect_cuda_aware
+from hpcore.testing import typezoo
 from hpcore.topology import Topology, describe
 
 

@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     ok = total == expected and member_sum == weight * size * (size + 1) // 2 and not problems
 
     if rank == 0:
-        library = " ".join("".join(c for c in MPI.Get_library_version() if c.isprintable() or c == "\n").splitlines()[0].split())
+        printable = "".join(c for c in MPI.Get_library_version() if c.isprintable() or c == "\n")
+        library = " ".join(printable.splitlines()[0].split())
         lines = [f"MPI {library}; python {sys.executable}"]
         lines += rows
         lines.append(f"topology: {describe(topo)}; shared-memory view: {shared.num_nodes} node(s)")

@@ -1,8 +1,8 @@
 """hpcore: the CUDA-aware MPI layer (canonical datatypes, packing, transport, topology)."""
 
 from .arrays import array_module
-from .datatype import BlockSet, CanonicalType, StridedBlock, canonicalize, from_view, to_mpi
 from .boundary import agree, as_comm, as_op
+from .datatype import BlockSet, CanonicalType, StridedBlock, canonicalize, from_view, to_mpi
 from .errors import HpcoreError, MismatchError
 from .pack import pack, packed_nbytes, plan, unpack
 from .transport import Comm, Request

@@ -69,7 +69,8 @@ def as_bytes(buf, name: str = "buf", writable: bool = False):
     try:
         mv = memoryview(buf)
     except TypeError:
-        raise TypeError(f"{name}: expected a NumPy/CuPy array or a bytes-like object, got {type(buf).__name__}") from None
+        raise TypeError(f"{name}: expected a NumPy/CuPy array or a bytes-like object, "
+                        f"got {type(buf).__name__}") from None
     if not mv.contiguous:
         raise ValueError(f"{name}: buffer must be contiguous")
     if writable and mv.readonly:

@@ -147,6 +147,26 @@ def normalize(value) -> Any:
     return repr(value)
 
 
+_DIGESTS: dict = {}  # (what, field items) -> digest: a repeated call skips normalizing and hashing
+_MAX_DIGESTS = 512
+
+
+def _cached_digest(what: str, fields: dict) -> int:
+    """:func:`_digest` of the normalized ``fields``, cached by their raw values where those are hashable."""
+    try:
+        key = (what, *fields.items())
+        got = _DIGESTS.get(key)
+    except TypeError:  # an unhashable value (a list, a dict): no cache
+        key, got = None, None
+    if got is None:
+        got = _digest(what, {k: normalize(v) for k, v in fields.items()})
+        if key is not None:
+            if len(_DIGESTS) >= _MAX_DIGESTS:
+                _DIGESTS.clear()
+            _DIGESTS[key] = got
+    return got
+
+
 def _digest(what: str, fields: dict) -> int:
     """A 63-bit hash of ``what`` and the normalized ``fields``, equal on every rank for equal input."""
     if not fields and not what:
@@ -206,18 +226,17 @@ def agree(comm, error: Optional[BaseException] = None, *, what: str = "",
     MPI = mpi()
     if not isinstance(comm, MPI.Comm):
         comm = as_comm(comm)
-    failed, norm = error is not None, {}
+    failed = error is not None
     if failed:
         if not isinstance(error, BaseException):
             raise TypeError(f"error: expected an exception or None, got {type(error).__name__}")
         digest = 0
     else:
         try:
-            norm = {k: normalize(v) for k, v in fields.items()}
-            digest = _digest(what, norm)
+            digest = _cached_digest(what, fields)
         except Exception as exc:  # noqa: BLE001 - a field that cannot be normalized is this rank's error
             error, failed, digest = exc, True, 0
-    mine = np.array([1 if failed else 0, digest, -digest], dtype=np.int64)
+    mine = np.array((1 if failed else 0, digest, -digest), dtype=np.int64)
     if comm.Get_size() > 1:
         got = np.empty(3, dtype=np.int64)
         comm.Allreduce(mine, got, op=MPI.MAX)
@@ -226,7 +245,7 @@ def agree(comm, error: Optional[BaseException] = None, *, what: str = "",
     if got[0]:
         _raise_agreed_error(comm, error)
     if got[1] != -got[2]:
-        _raise_mismatch(comm, what, norm, mismatch)
+        _raise_mismatch(comm, what, {k: normalize(v) for k, v in fields.items()}, mismatch)
 
 
 def check(comm, condition_fn, *, what: str = "", **fields) -> None:

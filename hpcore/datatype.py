@@ -45,6 +45,7 @@ class StridedBlock:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions (dimension 0 is the contiguous run)."""
         return len(self.counts)
 
     @property
@@ -54,6 +55,7 @@ class StridedBlock:
 
     @property
     def nbytes(self) -> int:
+        """Bytes this piece packs."""
         return math.prod(self.counts)
 
     @property
@@ -77,10 +79,12 @@ class StridedBlock:
         return lo, hi + 1
 
     def packed_span(self) -> tuple[int, int]:
+        """``(lo, hi)`` byte range this piece fills in the packed stream."""
         hi = self.packed_start + sum((c - 1) * s for c, s in zip(self.counts, self.packed_strides))
         return self.packed_start, hi + 1
 
     def shifted(self, dsrc: int, dpacked: int) -> "StridedBlock":
+        """The same piece moved by ``dsrc`` bytes in the buffer and ``dpacked`` in the packed stream."""
         return replace(self, start=self.start + dsrc, packed_start=self.packed_start + dpacked)
 
     def repeated(self, count: int, stride: int, packed_stride: int) -> "StridedBlock":
@@ -109,24 +113,30 @@ class BlockSet:
 
     @property
     def nbytes(self) -> int:
+        """Bytes this piece packs."""
         return self.template.nbytes * len(self.starts)
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions (dimension 0 is the contiguous run)."""
         return self.template.ndim
 
     def span(self) -> tuple[int, int]:
+        """``(lo, hi)`` byte range this piece reads in the buffer."""
         lo, hi = self.template.span()
         return int(self.starts.min()) + lo, int(self.starts.max()) + hi
 
     def packed_span(self) -> tuple[int, int]:
+        """``(lo, hi)`` byte range this piece fills in the packed stream."""
         lo, hi = self.template.packed_span()
         return int(self.packed_starts.min()) + lo, int(self.packed_starts.max()) + hi
 
     def shifted(self, dsrc: int, dpacked: int) -> "BlockSet":
+        """The same piece moved by ``dsrc`` bytes in the buffer and ``dpacked`` in the packed stream."""
         return _blockset(self.template, self.starts + dsrc, self.packed_starts + dpacked)
 
     def repeated(self, count: int, stride: int, packed_stride: int) -> "BlockSet":
+        """``count`` copies, ``stride`` bytes apart in the buffer and ``packed_stride`` in the stream."""
         return BlockSet(self.template.repeated(count, stride, packed_stride), self.starts, self.packed_starts)
 
     def blocks(self):

@@ -43,7 +43,7 @@ def _vector_type(run: int, nbytes: int):
 
 
 def measure_overhead(repeat: int = 200) -> float:
-    """hpcore's fixed cost [s] of one pack call (8 bytes of a strided type). Not collective."""
+    """Hpcore's fixed cost [s] of one pack call (8 bytes of a strided type). Not collective."""
     from mpi4py import MPI
 
     t = MPI.DOUBLE.Create_vector(1, 1, 2).Commit()
@@ -83,7 +83,8 @@ def measure_pack(nbytes: int = 1 << 20, repeat: int = 10, device: bool = False) 
     return out
 
 
-def measure_messages(comm, sizes=(1, 1 << 10, 1 << 16, 1 << 20, 1 << 22), repeat: int = 20, device: bool = False) -> dict:
+def measure_messages(comm, sizes=(1, 1 << 10, 1 << 16, 1 << 20, 1 << 22), repeat: int = 20,
+                     device: bool = False) -> dict:
     """One-way time [s] of contiguous messages between ranks 0 and 1 (ping-pong / 2).
 
     Collective on ``comm`` (needs at least 2 ranks; ranks >= 2 idle). Returns
@@ -149,6 +150,7 @@ def measure_staging(nbytes=(1 << 10, 1 << 20, 1 << 24), repeat: int = 10) -> dic
 
 
 def main(argv=None) -> int:
+    """Entry point of ``python -m hpcore.measure`` (``hpcore-measure``); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m hpcore.measure", description=__doc__)
     parser.add_argument("--out", default=None, help="JSON path (default: hpcore.perfmodel.default_path())")
     parser.add_argument("--repeat", type=int, default=10)

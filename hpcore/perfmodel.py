@@ -132,6 +132,7 @@ class PerfModel:
 
     # ----------------------------------------------------------------- storage
     def to_json(self) -> dict:
+        """The model as JSON-able data (the cache file's content; :meth:`from_json` reads it). Not collective."""
         return {"version": 1, "pack_bw": self.pack_bw, "message": self.message, "staging": self.staging,
                 "overhead_s": self.overhead_s}
 
@@ -146,6 +147,7 @@ class PerfModel:
 
     @classmethod
     def from_json(cls, data: dict, source: str = "json") -> "PerfModel":
+        """A model from :meth:`to_json`'s data; ``source`` names where it came from. Not collective."""
         if data.get("version") != 1:
             raise ValueError(f"perfmodel: unsupported version {data.get('version')!r}")
 

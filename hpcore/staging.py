@@ -7,7 +7,6 @@ from collections import Counter
 
 import numpy as np
 
-
 __all__ = ["BufferPool"]
 
 

@@ -1,4 +1,4 @@
-"""Where ranks live: node-local split, Slurm facts (read by :mod:`hpcore.slurm`), GPU binding by local rank, virtual nodes."""
+"""Where ranks live: node-local split, Slurm facts (via hpcore.slurm), GPU binding by local rank, virtual nodes."""
 
 from __future__ import annotations
 

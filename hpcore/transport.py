@@ -8,9 +8,9 @@ import numpy as np
 
 from . import perfmodel
 from .arrays import as_bytes, is_device_array
+from .boundary import as_comm
 from .cuda_aware import detect_cuda_aware
 from .datatype import CanonicalType, canonicalize
-from .boundary import as_comm
 from .errors import HpcoreError, rank_prefix
 from .lazy_mpi import mpi as _mpi
 from .pack import _check_span, pack, plan, unpack
@@ -94,10 +94,12 @@ class Comm:
 
     @property
     def rank(self) -> int:
+        """This process's rank in the wrapped communicator. Not collective."""
         return self.mpi.Get_rank()
 
     @property
     def size(self) -> int:
+        """Number of ranks of the wrapped communicator. Not collective."""
         return self.mpi.Get_size()
 
     # ----------------------------------------------------------------- choice
@@ -220,7 +222,8 @@ class Comm:
             return [buf, _mpi().BYTE]
         return None
 
-    def send(self, buf, dest: int, tag: int = 0, *, datatype=None, count: int = 1, method: Optional[Method] = None) -> None:
+    def send(self, buf, dest: int, tag: int = 0, *, datatype=None, count: int = 1,
+             method: Optional[Method] = None) -> None:
         """Blocking send of ``count`` instances of ``datatype`` from ``buf`` to ``dest``.
 
         Point-to-point (not collective). ``datatype=None`` sends all of ``buf``'s bytes.
@@ -297,8 +300,8 @@ class Comm:
 
         return [htmp, pl.nbytes, MPI.PACKED], lambda st: finish(htmp, st, staged_unpack, release)
 
-    def recv(self, buf, source: Optional[int] = None, tag: Optional[int] = None, *, datatype=None, count: int = 1, status=None,
-             method: Optional[Method] = None) -> None:
+    def recv(self, buf, source: Optional[int] = None, tag: Optional[int] = None, *, datatype=None, count: int = 1,
+             status=None, method: Optional[Method] = None) -> None:
         """Blocking receive into ``buf`` as ``count`` instances of ``datatype``.
 
         Point-to-point. ``source``/``tag`` None mean ``MPI.ANY_SOURCE``/``MPI.ANY_TAG``

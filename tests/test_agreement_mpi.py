@@ -11,14 +11,29 @@ import dataclasses
 import numpy as np
 import pytest
 from mpi4py import MPI
+from mpi_checks import raises_everywhere, verdict
 
 import hpcore
-from comms import (CartDecomposition, HaloExchange, Hierarchy, HierarchyMismatchError, RingAttention,
-                   RingMismatchError, ShardedState, identity_placement, reorder, ring_allgather, ring_allgather_start,
-                   ring_allreduce, ring_allreduce_bucket, ring_allreduce_bucket_start, ring_allreduce_start,
-                   ring_reduce_scatter, ring_reduce_scatter_start)
+from comms import (
+    CartDecomposition,
+    HaloExchange,
+    Hierarchy,
+    HierarchyMismatchError,
+    RingAttention,
+    RingMismatchError,
+    ShardedState,
+    identity_placement,
+    reorder,
+    ring_allgather,
+    ring_allgather_start,
+    ring_allreduce,
+    ring_allreduce_bucket,
+    ring_allreduce_bucket_start,
+    ring_allreduce_start,
+    ring_reduce_scatter,
+    ring_reduce_scatter_start,
+)
 from hpcore.topology import Topology
-from mpi_checks import raises_everywhere, verdict
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(60)]
 
@@ -69,7 +84,7 @@ CASES = {
         c, [np.ones(3, np.float32 if _first(c) else np.float64)])), RingMismatchError, "dtype"),
     "allreduce-vs-reduce_scatter": (lambda c: (ring_allreduce if _first(c) else ring_reduce_scatter)(c, np.ones(8)),
                                     RingMismatchError, "call=ring_allreduce"),
-    "allreduce-vs-allgather": (lambda c: (ring_allgather(c, np.ones(8)) if _first(c) else ring_allreduce(c, np.ones(8))),
+    "allreduce-vs-allgather": (lambda c: ring_allgather(c, np.ones(8)) if _first(c) else ring_allreduce(c, np.ones(8)),
                                RingMismatchError, "disagree on call"),
     # ring attention: flags and shapes
     "RingAttention-causal": (lambda c: RingAttention(c, causal=_first(c)), RingMismatchError, "causal=True"),

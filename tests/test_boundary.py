@@ -104,11 +104,11 @@ def test_agree_rebuilds_types_whose_constructor_needs_more_arguments():
 
 
 def test_agree_local_exception_classes_fall_back_to_an_importable_base():
-    class Local(KeyError):
+    class LocalError(KeyError):
         pass
 
     with pytest.raises(KeyError) as info:
-        hpcore.agree(MPI.COMM_SELF, Local("k"))
+        hpcore.agree(MPI.COMM_SELF, LocalError("k"))
     assert type(info.value) is KeyError
 
 

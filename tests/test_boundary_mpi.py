@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 from mpi4py import MPI
+from mpi_checks import raises_everywhere, verdict
 
 import hpcore
-from mpi_checks import raises_everywhere, verdict
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(60)]
 
@@ -103,10 +103,10 @@ def test_json_decode_error_on_one_rank():
 def test_local_class_on_one_rank():
     comm = _world()
 
-    class NotImportable(OSError):
+    class NotImportableError(OSError):
         pass
 
-    err = NotImportable("disk") if comm.rank == 0 else None
+    err = NotImportableError("disk") if comm.rank == 0 else None
     raises_everywhere(comm, OSError, lambda: hpcore.agree(comm, err), match="rank 0/")
 
 

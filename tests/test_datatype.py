@@ -5,8 +5,8 @@ import pytest
 from mpi4py import MPI
 
 import hpcore
-from hpcore.testing import typezoo
 from hpcore.datatype import BlockSet, StridedBlock
+from hpcore.testing import typezoo
 
 
 def _random_buffer(rng, nbytes):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 from mpi4py import MPI
+from test_halo_mpi import _config, _expected, _ghost_for, _global, _local_with_sentinel
 
 from comms import CartDecomposition, HaloExchange
-from test_halo_mpi import _config, _expected, _ghost_for, _global, _local_with_sentinel
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.gpu, pytest.mark.timeout(300, method="thread")]
 

@@ -9,9 +9,9 @@ MPI tests, and ``np.pad(mode="wrap")`` for a fully periodic box stencil.
 import numpy as np
 import pytest
 from mpi4py import MPI
+from test_halo_mpi import _run_case
 
 from comms import CartDecomposition, HaloExchange
-from test_halo_mpi import _run_case
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 

@@ -10,13 +10,14 @@ import zlib
 import numpy as np
 import pytest
 from mpi4py import MPI
+from mpi_checks import raises_everywhere as _raises_everywhere
+from mpi_checks import verdict as _verdict
 
 import comms.ring as ring_module
-from comms.ring_engine import ring_context
 from comms.costmodel import CostModel, LevelCost
 from comms.hierarchy import Hierarchy, HierarchyMismatchError
 from comms.ring import ring_allreduce, ring_blocks
-from mpi_checks import verdict as _verdict, raises_everywhere as _raises_everywhere
+from comms.ring_engine import ring_context
 
 pytestmark = pytest.mark.timeout(240, method="thread")
 

@@ -6,8 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from comms.placement import (balanced_dims, halo_bytes_by_node, halo_directions, node_block_grid, row_major_grid,
-                             split_extent)
+from comms.placement import (
+    balanced_dims,
+    halo_bytes_by_node,
+    halo_directions,
+    node_block_grid,
+    row_major_grid,
+    split_extent,
+)
 
 
 def test_split_extent_balanced_and_complete():

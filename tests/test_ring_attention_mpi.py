@@ -5,11 +5,12 @@ import tracemalloc
 import numpy as np
 import pytest
 from mpi4py import MPI
+from mpi_checks import raises_everywhere as _raises_everywhere
+from mpi_checks import verdict as _verdict
 
 import hpcore
 from comms.ring import RingMismatchError
 from comms.ring_attention import RingAttention, attention_reference, sequence_positions, zigzag_merge, zigzag_split
-from mpi_checks import verdict as _verdict, raises_everywhere as _raises_everywhere
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
 

@@ -6,6 +6,8 @@ import zlib
 import numpy as np
 import pytest
 from mpi4py import MPI
+from mpi_checks import raises_everywhere as _raises_everywhere
+from mpi_checks import verdict as _verdict
 
 import hpcore
 from comms.ring import (
@@ -21,7 +23,6 @@ from comms.ring import (
     ring_reduce_scatter,
     ring_reduce_scatter_start,
 )
-from mpi_checks import verdict as _verdict, raises_everywhere as _raises_everywhere
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(180)]
 

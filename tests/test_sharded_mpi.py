@@ -5,12 +5,12 @@ import copy
 import numpy as np
 import pytest
 from mpi4py import MPI
+from mpi_checks import raises_everywhere as _raises_everywhere
 
 from comms.hierarchy import Hierarchy
 from comms.ring import ring_blocks
 from comms.sharded import SGD, Adam, ShardedState
 from hpcore.errors import HpcoreError
-from mpi_checks import raises_everywhere as _raises_everywhere
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 import slurm_cluster
+
 from hpcore import slurm as hs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +213,8 @@ def test_cli_render_writes_the_script_and_creates_the_output_dir(tmp_path):
     "args, message",
     [
         (["render", "cpu", "--nodes", "0", "--tasks-per-node", "1"], "--nodes (NODES) must be >= 1, got 0"),
-        (["render", "cpu", "--nodes", "1", "--tasks-per-node", "1", "--set", "FOO"], "--set expects KEY=VALUE, got 'FOO'"),
+        (["render", "cpu", "--nodes", "1", "--tasks-per-node", "1", "--set", "FOO"],
+         "--set expects KEY=VALUE, got 'FOO'"),
         (["render", "cpu", "--nodes", "1", "--tasks-per-node", "1", "--set", "NODES=2"],
          "--nodes and --set NODES=... both given"),
         (["render", "missing", "--nodes", "1"], "unknown template 'missing'"),
@@ -249,7 +250,8 @@ def _run_env_part(script: str, tmp_path: Path) -> dict[str, str]:
     env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_CPUS_PER_TASK": "1"}
     proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line and not line.startswith("hpcore-job"))
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines()
+                if "=" in line and not line.startswith("hpcore-job"))
 
 
 GPU_SWITCHES = ("MPIR_CVAR_ENABLE_GPU", "MPICH_GPU_SUPPORT_ENABLED", "OMPI_MCA_pml", "UCX_TLS", "MV2_USE_CUDA",

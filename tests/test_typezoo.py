@@ -5,10 +5,9 @@ import re
 
 import numpy as np
 import pytest
+from mpi4py import MPI
 
-MPI = pytest.importorskip("mpi4py.MPI")
-
-from hpcore.testing.typezoo import (  # noqa: E402
+from hpcore.testing.typezoo import (
     CONSTRUCTORS,
     MAX_SIZE,
     MAX_TRUE_EXTENT,

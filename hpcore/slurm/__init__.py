@@ -11,10 +11,32 @@
 Importing does no MPI work.
 """
 
-from .env import (SlurmInfo, env_index_list, env_int, format_tasks_per_node, gather_topology_addrs,
-                  parse_tasks_per_node, slurm_env, switch_depths)
-from .render import (LAUNCHERS, MPI_STACKS, VARIABLES, Template, Variable, detect_mpi, launch_command, launcher_for,
-                     list_templates, load_template, main, mpi_stack_of, render, template_dir)
+from .env import (
+                  SlurmInfo,
+                  env_index_list,
+                  env_int,
+                  format_tasks_per_node,
+                  gather_topology_addrs,
+                  parse_tasks_per_node,
+                  slurm_env,
+                  switch_depths,
+)
+from .render import (
+                  LAUNCHERS,
+                  MPI_STACKS,
+                  VARIABLES,
+                  Template,
+                  Variable,
+                  detect_mpi,
+                  launch_command,
+                  launcher_for,
+                  list_templates,
+                  load_template,
+                  main,
+                  mpi_stack_of,
+                  render,
+                  template_dir,
+)
 
 __all__ = [
     "SlurmInfo",

@@ -1,4 +1,4 @@
-"""Render the sbatch templates of ``hpcore/templates/slurm/``: ``python -m hpcore.slurm render cpu --nodes 2 --tasks-per-node 4``.
+"""Render the sbatch templates of ``hpcore/templates/slurm/``: ``python -m hpcore.slurm render cpu --nodes 2 ...``.
 
 A template is a batch script with ``{{NAME}}`` placeholders and a few ``#%`` lines
 for the renderer (a summary, per-template defaults and minimums), which are left
@@ -553,7 +553,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     lst = sub.add_parser("list", help="list the templates (-v: with their variables)")
     lst.add_argument("-v", "--verbose", action="store_true")
-    lst.add_argument("--template-dir", help="directory of *.sbatch templates (default: the installed hpcore/templates/slurm/)")
+    lst.add_argument("--template-dir", help="directory of *.sbatch templates (default: hpcore/templates/slurm/)")
     ren = sub.add_parser("render", help="fill a template and write the batch script")
     ren.add_argument("template", help="template name (see 'list') or path to a .sbatch file")
     ren.add_argument("--nodes", help="nodes (NODES)")
@@ -565,7 +565,7 @@ def _parser() -> argparse.ArgumentParser:
     ren.add_argument("--output", help="directory for the job's log and results (OUTPUT_DIR; default: .)")
     ren.add_argument("--set", action="append", metavar="KEY=VALUE", help="any variable (repeatable)")
     ren.add_argument("-o", "--out", metavar="FILE", help="write the script here (default: standard output)")
-    ren.add_argument("--template-dir", help="directory of *.sbatch templates (default: the installed hpcore/templates/slurm/)")
+    ren.add_argument("--template-dir", help="directory of *.sbatch templates (default: hpcore/templates/slurm/)")
     return parser
 
 

@@ -1,4 +1,4 @@
-"""MPI derived datatypes for tests and benchmarks: random nested types (after MPICH's DTPools) and named patterns (after DDTBench)."""
+"""MPI derived datatypes for tests and benchmarks: random nested types (MPICH's DTPools), named patterns (DDTBench)."""
 
 from __future__ import annotations
 
@@ -721,8 +721,11 @@ def _nas_lu(MPI, b, target):
     # LU: u(5, DIM2+2, DIM3+2) doubles, x fastest. x face = one contiguous plane.
     n = max(1, round(target / 40))
     dim2, dim3 = n, 2
-    idx = lambda x, y, z: x + 5 * (y + z * (dim2 + 2))  # noqa: E731
-    t = b.at(b.tmp(MPI.DOUBLE.Create_contiguous(5 * dim2)), 8 * idx(0, 1, dim3))
+
+    def idx(x, y, z, dim2):  # element offset of u(x, y, z) in u(5, DIM2+2, DIM3+2)
+        return x + 5 * (y + z * (dim2 + 2))
+
+    t = b.at(b.tmp(MPI.DOUBLE.Create_contiguous(5 * dim2)), 8 * idx(0, 1, dim3, dim2))
     patterns.append(
         _pattern(
             "NAS_LU_x", t, 1, 8 * 5 * (dim2 + 2) * (dim3 + 2),
@@ -731,9 +734,8 @@ def _nas_lu(MPI, b, target):
     )
     # y face: DIM3 blocks of 5 doubles, stride 5*(DIM2+2) doubles.
     dim2, dim3 = 33, max(1, round(target / 40))
-    idx = lambda x, y, z: x + 5 * (y + z * (dim2 + 2))  # noqa: E731
     five = b.tmp(MPI.DOUBLE.Create_contiguous(5))
-    t = b.at(b.tmp(five.Create_vector(dim3, 1, dim2 + 2)), 8 * idx(0, dim2, 1))
+    t = b.at(b.tmp(five.Create_vector(dim3, 1, dim2 + 2)), 8 * idx(0, dim2, 1, dim2))
     patterns.append(
         _pattern(
             "NAS_LU_y", t, 1, 8 * 5 * (dim2 + 2) * (dim3 + 2),
