@@ -96,8 +96,10 @@ class CostModel:
     (1 for a flat ring, every rank of the node for the inter-node step of a hierarchical
     schedule). Allreduce: reduce-scatter down the kept levels, allreduce at the top,
     allgather back; reduce-scatter and allgather: one pass. Each ring call also pays
-    ``call_overhead_s`` and its agreement (a small allreduce, ``ceil(log2 m)`` latencies);
-    the hierarchy's own agreement costs ``ceil(log2 size)`` latencies of the top level.
+    ``call_overhead_s``; the hierarchy agrees once (a small allreduce, ``ceil(log2 size)``
+    latencies of the top level) and its ring calls skip their own agreement
+    (``agreed=True``), except that each ring allgather still gathers the row counts of its
+    ring (``ceil(log2 m)`` latencies), as the hierarchical allgather does over ``comm``.
     Local copies (the permutation of reduce-scatter/allgather) and pipelining are not
     modelled.
 
@@ -211,10 +213,14 @@ class CostModel:
         if size == 1:
             return self.call_overhead_s
         top_alpha = max(self.levels[p].alpha_s for p in range(len(factors)) if factors[p] > 1)
-        t = self.call_overhead_s + math.ceil(math.log2(size)) * top_alpha
+        t = self.call_overhead_s + math.ceil(math.log2(size)) * top_alpha  # the one agreement
+        if collective == "allgather":
+            t += math.ceil(math.log2(size)) * top_alpha  # the row counts over comm
         for a, b, m, phases, z, reducing in self._calls(factors, nbytes, collective, kept):
             alpha = max(self.levels[p].alpha_s for p in range(a, b + 1) if factors[p] > 1)
-            t += self.call_overhead_s + math.ceil(math.log2(m)) * alpha
+            t += self.call_overhead_s
+            if not reducing:  # a ring allgather gathers its row counts
+                t += math.ceil(math.log2(m)) * alpha
             t += phases * (m - 1) * self.step_time(factors, a, b, z)
             if self.reduce_Bps:
                 t += reducing * (m - 1) * z / self.reduce_Bps

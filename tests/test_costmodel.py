@@ -17,18 +17,18 @@ def uniform(alpha=2e-6, bw=1e9, overhead=0.0, levels=2):
 def test_flat_allreduce_closed_form():
     m = uniform(overhead=3e-6)
     n, a, bw, o = 8 * MiB, 2e-6, 1e9, 3e-6
-    agreement = o + math.ceil(math.log2(4)) * a
-    ring = o + 2 * a + 2 * 3 * (a + n / 4 / bw)
+    agreement = o + math.ceil(math.log2(4)) * a     # the hierarchy's; its ring skips its own
+    ring = o + 2 * 3 * (a + n / 4 / bw)
     assert m.predict((2, 2), n, "allreduce", "flat") == pytest.approx(agreement + ring, rel=1e-12)
 
 
 def test_hierarchical_allreduce_closed_form():
     m = uniform(overhead=3e-6)
     n, a, bw, o = 8 * MiB, 2e-6, 1e9, 3e-6
-    t = o + 2 * a                                   # the hierarchy's agreement over 4 ranks
-    t += o + a + 1 * (a + n / 2 / bw)               # reduce-scatter in pairs
-    t += o + a + 2 * 1 * (a + n / 4 / bw)           # allreduce of the half between pairs
-    t += o + a + 1 * (a + n / 2 / bw)               # allgather in pairs
+    t = o + 2 * a                                   # the hierarchy's agreement over 4 ranks (the only one)
+    t += o + 1 * (a + n / 2 / bw)                   # reduce-scatter in pairs
+    t += o + 2 * 1 * (a + n / 4 / bw)               # allreduce of the half between pairs
+    t += o + a + 1 * (a + n / 2 / bw)               # allgather in pairs (gathers its row counts: a)
     assert m.predict((2, 2), n, "allreduce", "hierarchical") == pytest.approx(t, rel=1e-12)
     assert m.predict((2, 2), n, "allreduce", (0, 1)) == pytest.approx(t, rel=1e-12)
 
