@@ -65,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", type=int, default=5, help="HipFT's -p (decimal places; default 5 as its suite)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     p.add_argument("--reuse-hipft", action="store_true", help="reuse HipFT's histories already in --work")
+    p.add_argument("--reuse-ours", action="store_true", help="reuse our histories already in --work (no run)")
     p.add_argument("--only-ours", action="store_true", help="compare ours against HipFT's stored reference/ "
                    "histories instead of running HipFT")
     p.add_argument("--mpirun", default="mpirun.openmpi", help="OpenMPI launcher for HipFT")
@@ -90,13 +91,31 @@ def hipft_rule(ref: float, new: float, precision: int = 5) -> bool:
     return abs(ref) <= 1e-64
 
 
-def _rel(a, b) -> float:
+FAMILY = {"BR_ABS_MIN": ("BR_MIN", "BR_MAX"), "EQ_DIPOLE": ("EQ_DIPOLE", "AX_DIPOLE"),
+          "AX_DIPOLE": ("EQ_DIPOLE", "AX_DIPOLE"), "NPOLE_FLUX_POSITIVE": ("FLUX_POSITIVE",),
+          "NPOLE_FLUX_NEGATIVE": ("FLUX_POSITIVE",), "SPOLE_FLUX_POSITIVE": ("FLUX_POSITIVE",),
+          "SPOLE_FLUX_NEGATIVE": ("FLUX_POSITIVE",)}
+FLOOR = 1e-10
+"""Relative differences are taken against ``max(|HipFT|, FLOOR x the scale of the column's family)`` (e.g. the
+larger dipole for AX_DIPOLE, the total flux for polar fluxes, 1 for the validation error), so a value that is zero
+up to rounding does not read as a 100% difference."""
+
+
+def _rel(a, b, floor=None) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    scale = np.maximum(np.abs(a), 1e-300)
+    scale = np.abs(a) if floor is None else np.maximum(np.abs(a), floor)
+    scale = np.maximum(scale, 1e-300)
     d = np.abs(a - b) / scale
     d[(a == 0) & (b == 0)] = 0.0
     return float(np.max(d)) if d.size else 0.0
+
+
+def _floor(h: dict, col: str):
+    if col == "VALIDATION_ERR_HHabs":
+        return FLOOR
+    family = FAMILY.get(col, (col,))
+    return FLOOR * np.max(np.abs(np.stack([h[c] for c in family if c in h])), axis=0)
 
 
 def _n_realizations(deck: str) -> int:
@@ -132,7 +151,8 @@ def _run_hipft(args, name, inp, folder, ranks) -> float:
            "-np", str(ranks), os.path.abspath(args.hipft), "hipft.in"]
     t0 = time.perf_counter()
     with open(os.path.join(folder, "hipft.log"), "w") as log, open(os.path.join(folder, "hipft.err"), "w") as err:
-        rc = subprocess.run(cmd, cwd=folder, env=env, stdout=log, stderr=err, timeout=args.timeout, check=False).returncode
+        rc = subprocess.run(cmd, cwd=folder, env=env, stdout=log, stderr=err, timeout=args.timeout,
+                            check=False).returncode
     wall = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"HipFT failed on {name} (exit {rc}); see {folder}/hipft.log and hipft.err")
@@ -187,10 +207,11 @@ def compare_deck(hipft_dir: str, ours_dir: str, n: int, precision: int = 5) -> l
             continue
         rel_final, rel_hist, ok = 0.0, 0.0, True
         for h, o in pairs:
-            rel_final = max(rel_final, _rel([h[col][-1]], [o[col][-1]]))
+            fl = np.broadcast_to(_floor(h, col), h[col].shape)
+            rel_final = max(rel_final, _rel([h[col][-1]], [o[col][-1]], fl[-1:]))
             common, ih, io_ = np.intersect1d(np.round(h["TIME"], 6), np.round(o["TIME"], 6), return_indices=True)
             if common.size:
-                rel_hist = max(rel_hist, _rel(h[col][ih], o[col][io_]))
+                rel_hist = max(rel_hist, _rel(h[col][ih], o[col][io_], fl[ih]))
             if col in CHECKED:
                 ok = ok and hipft_rule(float(h[col][-1]), float(o[col][-1]), precision)
         rows.append((col, float(pairs[0][0][col][-1]), float(pairs[0][1][col][-1]), rel_final, rel_hist,
@@ -250,7 +271,10 @@ def run(args, markdown: bool = False) -> int:
                 h_wall = math.nan
             else:
                 h_wall = _run_hipft(args, name, inp, hdir, h_ranks)
-            o_wall, o_solver = _run_ours(args, name, inp, odir, args.ranks)
+            if args.reuse_ours and os.path.exists(os.path.join(odir, "hipft_history_sol_r000001.out")):
+                o_wall, o_solver = math.nan, math.nan
+            else:
+                o_wall, o_solver = _run_ours(args, name, inp, odir, args.ranks)
             rows = compare_deck(hdir, odir, n, args.precision)
         except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError) as exc:
             print(f"\n== {name}: ERROR {exc}")

@@ -12,7 +12,7 @@ from solvers.flux_transport.config import (
     load_config,
     restart_check,
 )
-from solvers.flux_transport.runner import FaultHook, PhaseFailed, describe, exit_status
+from solvers.flux_transport.runner import FaultHook, PhaseError, describe, exit_status
 
 
 @pytest.mark.parametrize("pair", [
@@ -106,7 +106,7 @@ def test_exit_status_and_messages():
         "No space left on device: '/d/f.h5'"
     assert describe(MemoryError()).startswith("out of memory")
     assert describe(KeyError("state")) == "missing 'state'"
-    assert PhaseFailed("run", "m", 1).status == 1
+    assert PhaseError("run", "m", 1).status == 1
 
 
 def test_one_rank_guard_settles_locally():
@@ -117,7 +117,7 @@ def test_one_rank_guard_settles_locally():
     g = Guard(MPI.COMM_SELF)
     try:
         g.settle("x", None)
-        with pytest.raises(PhaseFailed, match="bad key") as info:
+        with pytest.raises(PhaseError, match="bad key") as info:
             g.run_phase("configuration", _raise, ConfigError("bad key"))
         assert info.value.status == 2 and info.value.phase == "configuration"
         assert g.run_phase("x", lambda: 5) == 5

@@ -1,4 +1,4 @@
-"""Command line: ``mpiexec -n N python -m solvers.flux_transport [config.toml | --hipft-input hipft.in] [--set section.key=value ...]``.
+"""Command line: ``mpiexec -n N python -m solvers.flux_transport [config.toml | --hipft-input hipft.in] [--set K=V]``.
 
 Without a config file the built-in default run (``default.toml`` beside this
 module) is used: a synthetic map of bipolar active regions, AFT flows and two
@@ -78,9 +78,10 @@ def _logger(rank: int, quiet: bool) -> logging.Logger:
 
 
 def main(argv=None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit status. Collective on the world."""
     from mpi4py import MPI
 
-    from .runner import Guard, PhaseFailed, install_excepthook
+    from .runner import Guard, PhaseError, install_excepthook
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     guard.install_signal_handlers()
     try:
         return _run(args, comm, guard)
-    except PhaseFailed as exc:
+    except PhaseError as exc:
         if rank == 0:
             verb = "refused" if exc.status == 2 else "failed"
             print(f"flux_transport: {exc.phase} {verb}: {exc.message}", file=sys.stderr, flush=True)
@@ -156,17 +157,6 @@ def _check_restart(path: str, config, allow, rank: int):
     return restart_check(saved, config, allow=allow, time_h=float(state["time"]))
 
 
-def _initial(config):
-    """An initial map the model does not build itself (HipFT's validation Gaussians), else None."""
-    if config.initial.kind != "gaussians":
-        return None
-    from .grid import SphereGrid
-    from .initial import gaussians
-
-    grid = SphereGrid(config.grid.ntheta, config.grid.nphi)
-    return gaussians(grid.theta, grid.phi, config.validation.width)
-
-
 def _stages_per_step(model, config) -> tuple:
     """``(stages, dt)``: diffusion stages of the longest step the run takes (0 without explicit diffusion)."""
     if getattr(model, "diffusion", None) is None or getattr(model, "implicit", None) is not None:
@@ -206,7 +196,7 @@ def _hipft_history_names(config, model) -> None:
     want = o.history_prefix
     if not want:
         return
-    have = f"{getattr(model, 'history_prefix', o.prefix.split('_')[0])}_history"
+    have = getattr(model, "history_stem", None) or f"{getattr(model, 'history_prefix', o.prefix.split('_')[0])}_history"
     if have == want:
         return
     for r in range(config.n_realizations):
@@ -238,8 +228,7 @@ def _run(args, comm, guard) -> int:
 
     from .model import FluxTransport
 
-    initial = guard.run_phase("initial map", _initial, config)
-    model = guard.run_phase("set-up", FluxTransport, comm, config, restart=args.restart, initial=initial)
+    model = guard.run_phase("set-up", FluxTransport, comm, config, restart=args.restart)
     guard.run_phase("pre-flight", _preflight, model, config, args.max_stages_per_step)
     d = model.domain
     logger.info("flux_transport: %d x %d grid (theta x phi), %d realization(s), %d rank(s): %d group(s) of %s "

@@ -376,12 +376,14 @@ class FluxTransportConfig:
 
     @property
     def advection(self) -> bool:
+        """Whether any flow moves the field (flows enabled and some flow term non-zero)."""
         f = self.flow
         return bool(f.enabled and (f.differential_rotation or f.meridional_flow or f.rigid_omega_km_s
                                    or f.vt_const_km_s))
 
     @property
     def diffusion_on(self) -> bool:
+        """Whether diffusion is enabled with a non-zero diffusivity in some realization."""
         return bool(self.diffusion.enabled and np.any(self.per_realization("diffusion", "eta_km2_s") > 0))
 
 

@@ -59,7 +59,25 @@ KM_S_TO_RS_HR = KM_S_TO_RS_H  # HipFT's km_s_to_rs_hr
 DIFF_KM2_S_TO_RS2_HR = 7.43162901307967e-9
 
 # Every name of HipFT 1.19's &hipft_input_parameters (src/hipft.f90, READ_INPUT_FILE).
-HIPFT_NAMES = frozenset(["verbose", "res_nt", "res_np", "n_realizations", "initial_map_filename", "initial_map_flux_balance", "initial_map_mult_fac", "validation_run", "validation_run_width", "time_start", "time_end", "output_map_idx_start", "output_map_directory", "output_map_root_filename", "output_map_idx_cadence", "output_map_time_cadence", "output_map_2d", "output_map_flux_balance", "output_flows", "output_flows_directory", "output_history_time_cadence", "output_single_precision", "dt_min", "dt_max", "strang_splitting", "pole_flux_lat_limit", "advance_flow", "flow_vp_rigid_omega", "flow_rigid_omega", "flow_vt_const", "flow_attenuate", "flow_attenuate_value", "flow_attenuate_values", "flow_dr_model", "flow_dr_coef_p0_value", "flow_dr_coef_p2_value", "flow_dr_coef_p4_value", "flow_dr_coef_p0_values", "flow_dr_coef_p2_values", "flow_dr_coef_p4_values", "flow_mf_model", "flow_mf_coef_p1_value", "flow_mf_coef_p3_value", "flow_mf_coef_p5_value", "flow_mf_coef_p1_values", "flow_mf_coef_p3_values", "flow_mf_coef_p5_values", "use_flow_from_files", "flow_list_filename", "flow_root_dir", "flow_num_method", "weno_eps", "upwind", "advance_diffusion", "diffusion_coef_filename", "diffusion_coef_grid", "diffusion_coef_factor", "diffusion_num_method", "diffusion_subcycles", "diffusion_coef_constant", "diffusion_coef_constants", "assimilate_data", "assimilate_data_balance_flux", "assimilate_data_mult_fac", "assimilate_data_map_list_filename", "assimilate_data_map_root_dir", "assimilate_data_custom_from_mu", "assimilate_data_mu_power", "assimilate_data_mu_powers", "assimilate_data_lat_limit", "assimilate_data_lat_limits", "assimilate_data_mu_limit", "assimilate_data_mu_limits", "assimilate_data_add", "advance_source", "source_from_file", "source_filename", "source_rfe_model", "source_rfe_total_unsigned_flux_per_hour", "source_rfe_total_unsigned_flux_per_hours", "source_rfe_lifetime", "source_rfe_seed"])
+HIPFT_NAMES = frozenset("""
+verbose res_nt res_np n_realizations initial_map_filename initial_map_flux_balance initial_map_mult_fac
+validation_run validation_run_width time_start time_end output_map_idx_start output_map_directory
+output_map_root_filename output_map_idx_cadence output_map_time_cadence output_map_2d output_map_flux_balance
+output_flows output_flows_directory output_history_time_cadence output_single_precision dt_min dt_max
+strang_splitting pole_flux_lat_limit advance_flow flow_vp_rigid_omega flow_rigid_omega flow_vt_const
+flow_attenuate flow_attenuate_value flow_attenuate_values flow_dr_model flow_dr_coef_p0_value
+flow_dr_coef_p2_value flow_dr_coef_p4_value flow_dr_coef_p0_values flow_dr_coef_p2_values
+flow_dr_coef_p4_values flow_mf_model flow_mf_coef_p1_value flow_mf_coef_p3_value flow_mf_coef_p5_value
+flow_mf_coef_p1_values flow_mf_coef_p3_values flow_mf_coef_p5_values use_flow_from_files flow_list_filename
+flow_root_dir flow_num_method weno_eps upwind advance_diffusion diffusion_coef_filename diffusion_coef_grid
+diffusion_coef_factor diffusion_num_method diffusion_subcycles diffusion_coef_constant
+diffusion_coef_constants assimilate_data assimilate_data_balance_flux assimilate_data_mult_fac
+assimilate_data_map_list_filename assimilate_data_map_root_dir assimilate_data_custom_from_mu
+assimilate_data_mu_power assimilate_data_mu_powers assimilate_data_lat_limit assimilate_data_lat_limits
+assimilate_data_mu_limit assimilate_data_mu_limits assimilate_data_add advance_source source_from_file
+source_filename source_rfe_model source_rfe_total_unsigned_flux_per_hour
+source_rfe_total_unsigned_flux_per_hours source_rfe_lifetime source_rfe_seed
+""".split())
 
 # HipFT's defaults (src/hipft.f90, module input_parameters) of what is read here.
 DEFAULTS = {

@@ -64,9 +64,11 @@ class Namelist:
         return self.values[name.lower()]
 
     def get(self, name: str, default=None):
+        """The value of ``name`` (any case), or ``default``."""
         return self.values.get(name.lower(), default)
 
     def keys(self):
+        """The names assigned (lower case), in file order."""
         return self.values.keys()
 
 

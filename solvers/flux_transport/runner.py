@@ -33,13 +33,13 @@ import traceback
 
 import numpy as np
 
-__all__ = ["FaultHook", "Guard", "PhaseFailed", "exit_status", "install_excepthook"]
+__all__ = ["FaultHook", "Guard", "PhaseError", "exit_status", "install_excepthook"]
 
 DEADLINE_ENV = "FLUX_TRANSPORT_ABORT_AFTER_S"
 FAULT_ENV = "HPCORE_TEST_FAULT"
 
 
-class PhaseFailed(Exception):
+class PhaseError(Exception):
     """Every rank failed the same phase (raised on every rank, the same ``message`` and ``status``)."""
 
     def __init__(self, phase: str, message: str, status: int):
@@ -111,13 +111,14 @@ class Guard:
                 pass
 
     def restore_signal_handlers(self) -> None:
+        """Put back the handlers :meth:`install_signal_handlers` replaced. Not collective."""
         for sig, old in self._old_handlers.items():
             signal.signal(sig, old)
         self._old_handlers.clear()
 
     # ------------------------------------------------------------------ agreement
     def settle(self, phase: str, error) -> None:
-        """End of ``phase``: return if no rank failed, else raise :class:`PhaseFailed` on every rank.
+        """End of ``phase``: return if no rank failed, else raise :class:`PhaseError` on every rank.
 
         Collective on the guard's communicator. A rank passing ``error`` waits at
         most ``deadline_s`` for the others; if they do not come (they are inside
@@ -152,7 +153,7 @@ class Guard:
             message = failures[0][2]
         else:
             message = "; ".join(f"rank {r}: {m}" for r, _, m in failures)
-        raise PhaseFailed(phase, message, status)
+        raise PhaseError(phase, message, status)
 
     def run_phase(self, phase: str, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` then :meth:`settle`; returns its result. Collective (see settle)."""
@@ -180,6 +181,7 @@ class Guard:
         os._exit(status)  # pragma: no cover - Abort does not return
 
     def free(self) -> None:
+        """Restore the signal handlers and free the guard's communicator. Collective on ``comm``."""
         self.restore_signal_handlers()
         if self.comm is not None:
             self.comm.Free()
@@ -209,6 +211,7 @@ class FaultHook:
 
     @classmethod
     def from_env(cls, rank: int) -> FaultHook:
+        """The faults ``$HPCORE_TEST_FAULT`` sets for ``rank`` (ValueError on a malformed value)."""
         text = os.environ.get(FAULT_ENV, "").strip()
         faults = []
         for item in filter(None, (t.strip() for t in text.split(","))):
@@ -221,6 +224,7 @@ class FaultHook:
         return cls(faults)
 
     def fire(self, when: str) -> None:
+        """Raise (or signal) the fault set for ``when`` (``"stepN"`` or ``"phase:NAME"``), if any."""
         for kind, at in self.faults:
             if at == when:
                 if kind == "memoryerror":
@@ -234,6 +238,7 @@ class FaultHook:
                     time.sleep(1.0)  # the handler raises KeyboardInterrupt here
 
     def step_callback(self, model) -> None:
+        """``FluxTransport.run`` callback: fire the fault of the step just taken."""
         self.fire(f"step{model.steps}")
 
     def __bool__(self) -> bool:
