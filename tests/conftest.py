@@ -1,6 +1,5 @@
 """Shared fixtures: random generators, the typezoo, and GPU availability."""
 
-import os
 import zlib
 
 import numpy as np
@@ -22,6 +21,3 @@ def cupy():
     if cp is None:
         pytest.skip("no CuPy / CUDA device on this machine")
     return cp
-
-
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")

@@ -146,3 +146,36 @@ def test_errors_module_keeps_its_names():
 def test_ranges():
     assert boundary._ranges([3]) == "rank 3"
     assert boundary._ranges([0, 1, 2, 5, 7, 8]) == "ranks 0-2, 5, 7-8"
+
+
+@pytest.mark.parametrize("bad", ["op", "complex-max", "bool", "byteswapped", "out-shape", "out-dtype", "out-readonly",
+                                 "not-array"])
+def test_ring_and_hierarchy_reject_the_same_input_alike(bad):
+    """Issue 14: the op/dtype/out checks of comms.ring and comms.Hierarchy are one set of checks."""
+    from comms import Hierarchy, ring_allreduce
+
+    x, op, out = np.ones(4), None, None
+    if bad == "op":
+        op = MPI.BAND
+    elif bad == "complex-max":
+        x, op = np.ones(4, complex), "max"
+    elif bad == "bool":
+        x = np.ones(4, bool)
+    elif bad == "byteswapped":
+        x = np.ones(4, ">f8")
+    elif bad == "out-shape":
+        out = np.ones(3)
+    elif bad == "out-dtype":
+        out = np.ones(4, np.float32)
+    elif bad == "out-readonly":
+        out = np.ones(4)
+        out.flags.writeable = False
+    else:
+        x = [1.0, 2.0]
+    with pytest.raises((TypeError, ValueError)) as ring_error:
+        ring_allreduce(MPI.COMM_SELF, x, op, out)
+    with Hierarchy(MPI.COMM_SELF, levels=[1]) as h:
+        with pytest.raises((TypeError, ValueError)) as hierarchy_error:
+            h.allreduce(x, op, out)
+    assert type(ring_error.value) is type(hierarchy_error.value)
+    assert str(ring_error.value) == str(hierarchy_error.value)
