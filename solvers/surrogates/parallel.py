@@ -70,7 +70,7 @@ class ShardOptimizer:
         xp = array_module(shard)
         self._grad = xp.zeros_like(shard)
         self.optimizer = self.factory(shard, self._grad)
-        return {"m": self.optimizer.m, "v": self.optimizer.v, "grad": self._grad}
+        return {"m": self.optimizer.m, "v": self.optimizer.v}
 
     def update(self, param, grad, state: dict, step: int) -> None:
         """One optimizer step of the block from its reduced gradient."""
