@@ -91,14 +91,14 @@ def hipft_rule(ref: float, new: float, precision: int = 5) -> bool:
     return abs(ref) <= 1e-64
 
 
-FAMILY = {"BR_ABS_MIN": ("BR_MIN", "BR_MAX"), "EQ_DIPOLE": ("EQ_DIPOLE", "AX_DIPOLE"),
-          "AX_DIPOLE": ("EQ_DIPOLE", "AX_DIPOLE"), "NPOLE_FLUX_POSITIVE": ("FLUX_POSITIVE",),
+FAMILY = {"BR_ABS_MIN": ("BR_MIN", "BR_MAX"), "EQ_DIPOLE": ("EQ_DIPOLE", "AX_DIPOLE", "BR_MIN", "BR_MAX"),
+          "AX_DIPOLE": ("EQ_DIPOLE", "AX_DIPOLE", "BR_MIN", "BR_MAX"), "NPOLE_FLUX_POSITIVE": ("FLUX_POSITIVE",),
           "NPOLE_FLUX_NEGATIVE": ("FLUX_POSITIVE",), "SPOLE_FLUX_POSITIVE": ("FLUX_POSITIVE",),
           "SPOLE_FLUX_NEGATIVE": ("FLUX_POSITIVE",)}
 FLOOR = 1e-10
 """Relative differences are taken against ``max(|HipFT|, FLOOR x the scale of the column's family)`` (e.g. the
-larger dipole for AX_DIPOLE, the total flux for polar fluxes, 1 for the validation error), so a value that is zero
-up to rounding does not read as a 100% difference."""
+larger of the dipoles and |Br| extrema [G] for a dipole, the total flux for polar fluxes, 1 for the validation
+error), so a value that is zero up to rounding does not read as a 100% difference."""
 
 
 def _rel(a, b, floor=None) -> float:
@@ -198,6 +198,9 @@ def compare_deck(hipft_dir: str, ours_dir: str, n: int, precision: int = 5) -> l
     for k in range(1, n + 1):
         h = read_history_file(os.path.join(hipft_dir, f"hipft_history_sol_r{k:06d}.out"))
         o = read_history_file(os.path.join(ours_dir, f"hipft_history_sol_r{k:06d}.out"))
+        if abs(h["TIME"][-1] - o["TIME"][-1]) > 1e-9 * max(1.0, abs(h["TIME"][-1])):
+            raise RuntimeError(f"realization {k}: our history ends at t = {o['TIME'][-1]} h, HipFT's at "
+                               f"{h['TIME'][-1]} h (incomplete run?)")
         pairs.append((h, o))
     for col in pairs[0][0]:
         if col == "STEP":
@@ -263,12 +266,13 @@ def run(args, markdown: bool = False) -> int:
         base = os.path.join(args.work, name)
         hdir, odir = os.path.join(base, "hipft"), os.path.join(base, "ours")
         try:
+            h_label = f"HipFT on {h_ranks} rank(s)"
             if args.only_ours:
                 if ref is None:
                     raise RuntimeError(f"{name}: no reference/ folder to compare against")
-                hdir, h_wall = ref, math.nan
+                hdir, h_wall, h_label = ref, math.nan, "HipFT's stored reference"
             elif args.reuse_hipft and os.path.exists(os.path.join(hdir, "hipft_history_sol_r000001.out")):
-                h_wall = math.nan
+                h_wall, h_label = math.nan, "HipFT's earlier run in --work"
             else:
                 h_wall = _run_hipft(args, name, inp, hdir, h_ranks)
             if args.reuse_ours and os.path.exists(os.path.join(odir, "hipft_history_sol_r000001.out")):
@@ -280,7 +284,7 @@ def run(args, markdown: bool = False) -> int:
             print(f"\n== {name}: ERROR {exc}")
             status = 1
             continue
-        print(_table(f"{name} ({n} realization(s); HipFT on {h_ranks} rank(s), ours on {args.ranks})", rows,
+        print(_table(f"{name} ({n} realization(s); {h_label}, ours on {args.ranks} rank(s))", rows,
                      args.precision, markdown))
         if any(checked and not ok for _, _, _, _, _, checked, ok in rows):
             status = 1

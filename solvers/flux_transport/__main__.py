@@ -158,7 +158,15 @@ def _check_restart(path: str, config, allow, rank: int):
 
 
 def _stages_per_step(model, config) -> tuple:
-    """``(stages, dt)``: diffusion stages of the longest step the run takes (0 without explicit diffusion)."""
+    """``(stages, dt)``: the fewest diffusion stages the longest step of the run can take (0 without explicit
+    diffusion).
+
+    With ``diffusion.subcycles = n > 0`` that is ``n`` super steps of ``dt / n``; with the
+    automatic sub-cycling it is one super step over the whole step: cutting a step into
+    sub-cycles only adds stages (``n s(r / n) >= s(r)``), so a run refused on this
+    number could not have been cheaper. A model that can say more (``diffusion_stages``)
+    is asked instead.
+    """
     if getattr(model, "diffusion", None) is None or getattr(model, "implicit", None) is not None:
         return 0, 0.0
     t = config.time
@@ -169,24 +177,26 @@ def _stages_per_step(model, config) -> tuple:
     plan = getattr(model, "diffusion_stages", None)
     if callable(plan):
         return int(plan(dt)), dt
-    from .timestepping import sts_stages, subcycles
+    from .timestepping import sts_stages
 
     dt_exp = getattr(model, "dt_exp", math.inf)
     if not math.isfinite(dt_exp) or dt_exp <= 0:
         return 0, dt
-    ratio = dt / dt_exp
     method = config.diffusion.method
-    n = subcycles(ratio, config.diffusion.max_stages, method)
-    return n * sts_stages(ratio / n, method), dt
+    n = int(getattr(config.diffusion, "subcycles", 0) or 0)
+    if n > 0:
+        return n * sts_stages(dt / n / dt_exp, method), dt
+    return sts_stages(dt / dt_exp, method), dt
 
 
 def _preflight(model, config, bound: int) -> None:
     stages, dt = _stages_per_step(model, config)
     if stages > bound:
         eta = max(config.per_realization("diffusion", "eta_km2_s"))
-        raise ValueError(f"diffusion: one step of {dt:.6g} h needs {stages} diffusion stages (diffusion.eta_km2_s up "
-                         f"to {eta:g} km^2/s on a {model.grid.ntheta} x {model.grid.nphi} grid), beyond the bound "
-                         f"of {bound} stages per step: the run would not finish in reasonable time. Lower "
+        grid = f"{model.grid.ntheta} x {model.grid.nphi}"
+        raise ValueError(f"diffusion: one step of {dt:.6g} h needs at least {stages} diffusion stages "
+                         f"(diffusion.eta_km2_s up to {eta:g} km^2/s on a {grid} grid), beyond the bound of "
+                         f"{bound} stages per step: the run would not finish in reasonable time. Lower "
                          "diffusion.eta_km2_s or time.dt_max_h, or raise --max-stages-per-step")
 
 
