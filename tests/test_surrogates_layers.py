@@ -144,10 +144,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("transform", ["dft", "fft"])
 @pytest.mark.parametrize("spatial,n_modes", CASES, ids=[f"{s}-{m}" for s, m in CASES])
-def test_spectral_matches_oracle_and_fd(spatial, n_modes):
+def test_spectral_matches_oracle_and_fd(spatial, n_modes, transform):
     rng = np.random.default_rng(sum(spatial) + 7 * sum(n_modes))
-    conv = SpectralConv(3, 2, n_modes)
+    conv = SpectralConv(3, 2, n_modes, transform=transform)
     model = Stack([conv])
     x = rng.standard_normal((2, 3) + spatial)
     ref = naive_spectral(x, conv.p["weight"], conv.p["bias"], n_modes)
@@ -155,10 +156,11 @@ def test_spectral_matches_oracle_and_fd(spatial, n_modes):
     fd_check(model, x, rng)
 
 
+@pytest.mark.parametrize("transform", ["dft", "fft"])
 @pytest.mark.parametrize("norm", ["forward", "ortho"])
-def test_spectral_norms(norm):
+def test_spectral_norms(norm, transform):
     rng = np.random.default_rng(5)
-    conv = SpectralConv(2, 2, (4, 4), fft_norm=norm)
+    conv = SpectralConv(2, 2, (4, 4), fft_norm=norm, transform=transform)
     model = Stack([conv])
     x = rng.standard_normal((2, 2, 6, 5))
     np.testing.assert_allclose(model.forward(x), naive_spectral(x, conv.p["weight"], conv.p["bias"], (4, 4), norm),
@@ -166,10 +168,11 @@ def test_spectral_norms(norm):
     fd_check(model, x, rng)
 
 
-def test_spectral_float32_stays_float32():
+@pytest.mark.parametrize("transform", ["dft", "fft"])
+def test_spectral_float32_stays_float32(transform):
     rng = np.random.default_rng(6)
-    m64 = Stack([SpectralConv(2, 3, (4, 4)), GELU(), Dense(3, 1)])
-    m32 = Stack([SpectralConv(2, 3, (4, 4)), GELU(), Dense(3, 1)], dtype="float32")
+    m64 = Stack([SpectralConv(2, 3, (4, 4), transform=transform), GELU(), Dense(3, 1)])
+    m32 = Stack([SpectralConv(2, 3, (4, 4), transform=transform), GELU(), Dense(3, 1)], dtype="float32")
     m32.params[...] = m64.params
     x = rng.standard_normal((2, 2, 8, 8))
     y32 = m32.forward(x.astype(np.float32))
@@ -206,6 +209,8 @@ def test_bad_inputs():
         SpectralConv(2, 2, (4, 4, 4, 4))
     with pytest.raises(ValueError, match="fft_norm"):
         SpectralConv(2, 2, (4,), fft_norm="none")
+    with pytest.raises(ValueError, match="transform"):
+        SpectralConv(2, 2, (4,), transform="fast")
     with pytest.raises(ValueError, match="in_channels"):
         Dense(0, 2)
     model = Stack([SpectralConv(2, 2, (4, 4))])
@@ -216,10 +221,11 @@ def test_bad_inputs():
     assert math.isfinite(float(model.forward(np.ones((1, 2, 8, 8))).sum()))
 
 
+@pytest.mark.parametrize("transform", ["dft", "fft"])
 @pytest.mark.parametrize("spatial", [(7, 6), (5, 7, 4)], ids=["2d", "3d"])
-def test_spectral_neuralop_odd_shift_gradients(spatial):
+def test_spectral_neuralop_odd_shift_gradients(spatial, transform):
     rng = np.random.default_rng(8)
-    conv = SpectralConv(2, 3, (4,) * len(spatial), neuralop_odd_shift=True)
+    conv = SpectralConv(2, 3, (4,) * len(spatial), neuralop_odd_shift=True, transform=transform)
     model = Stack([conv])
     x = rng.standard_normal((2, 2) + spatial)
     ref = naive_spectral(x, conv.p["weight"], conv.p["bias"], (4,) * len(spatial), unshift=np.fft.fftshift)
@@ -228,3 +234,17 @@ def test_spectral_neuralop_odd_shift_gradients(spatial):
     plain.params[...] = model.params
     assert np.abs(plain.forward(x) - ref).max() > 1e-3  # the default differs at odd sizes
     fd_check(model, x, rng)
+
+
+def test_gelu_float32_derivative_against_float64():
+    x = np.linspace(-9, 9, 20001)
+    g = np.random.default_rng(0).standard_normal(x.size)
+    layer64, layer32 = GELU(), GELU()
+    layer64.forward(x)
+    layer32.forward(x.astype(np.float32))
+    d64 = layer64.backward(g)
+    d32 = layer32.backward(g.astype(np.float32))
+    assert d32.dtype == np.float32
+    np.testing.assert_allclose(d32, d64, rtol=0, atol=3e-6 * np.abs(g).max())
+    with pytest.raises(TypeError, match="float32 or float64"):
+        GELU().forward(np.zeros(3, dtype=np.float16))

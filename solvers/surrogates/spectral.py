@@ -80,6 +80,14 @@ def _index_tuple(xp, nonlast, klast):
     return (slice(None), slice(None)) + tuple(xp.asarray(i) for i in ix) + (slice(0, klast),)
 
 
+def _axis_apply(xp, A, F, axis):
+    """Contract axis ``axis`` of ``A`` with matrix ``F (k, N)`` (one GEMM); the axis keeps its place."""
+    A0 = xp.moveaxis(A, axis, 0)
+    rest = A0.shape[1:]
+    R = xp.matmul(F, A0.reshape(A0.shape[0], -1))
+    return xp.moveaxis(R.reshape((F.shape[0],) + rest), 0, axis)
+
+
 class _Plan:
     """Index arrays and scale vectors for one spatial shape (cached per shape and module).
 
@@ -91,6 +99,7 @@ class _Plan:
         idx, self.wsl, self.kept = spectral_modes(spatial, wmodes)
         klast = idx[-1]
         self.index = _index_tuple(xp, idx[:-1], klast)
+        out = None
         if odd_shift and any(n % 2 for n in spatial[:-1]):
             out = [(i - 1) % n if n % 2 else i for i, n in zip(idx[:-1], spatial[:-1])]
             self.out_index = _index_tuple(xp, out, klast)
@@ -104,6 +113,51 @@ class _Plan:
         self.xp = xp
         self.spectrum_last = nlast // 2 + 1
         self.M = int(np.prod(self.kept))
+        self.spatial = tuple(spatial)
+        self._in_freq = [np.asarray(i) for i in idx[:-1]]
+        self._out_freq = ([np.asarray(i) for i in out] if odd_shift and any(n % 2 for n in spatial[:-1])
+                          else self._in_freq)
+        self._dft = {}
+
+    def dft(self, dtype, fft_norm):
+        """Truncated DFT matrices for ``dtype`` (cached).
+
+        ``FL (NL, 2 kL)`` real: last-axis forward transform to interleaved (re, im)
+        pairs, normalisation included; ``GL (2 kL, NL)`` real: the inverse with the
+        ``c`` weights (what ``irfft`` does: imaginary parts of the zero and Nyquist
+        bins drop out by themselves); ``F[a] (k_a, N_a)`` and ``G[a] (N_a, k_a)``
+        complex: forward and inverse DFTs of the non-last axes restricted to the kept
+        frequencies; plus the transposes / conjugate transposes the adjoints use.
+        """
+        key = (np.dtype(dtype).str, fft_norm)
+        if key not in self._dft:
+            xp = self.xp
+            ntot = float(np.prod(self.spatial))
+            s_fwd = {"backward": 1.0, "forward": 1.0 / ntot, "ortho": ntot ** -0.5}[fft_norm]
+            s_inv = {"backward": 1.0 / ntot, "forward": 1.0, "ortho": ntot ** -0.5}[fft_norm]
+            nl = self.spatial[-1]
+            kl = self.kept[-1]
+            theta = 2 * np.pi * np.outer(np.arange(nl), np.arange(kl)) / nl  # (NL, kL)
+            FL = np.empty((nl, 2 * kl))
+            FL[:, 0::2], FL[:, 1::2] = s_fwd * np.cos(theta), -s_fwd * np.sin(theta)
+            GL = np.empty((2 * kl, nl))
+            sc = s_inv * self.c[:, None]
+            GL[0::2], GL[1::2] = sc * np.cos(theta.T), -sc * np.sin(theta.T)
+            cdt = np.result_type(dtype, np.complex64)
+            F, G = [], []
+            for n, fin, fout in zip(self.spatial[:-1], self._in_freq, self._out_freq):
+                grid = np.arange(n)
+                F.append(np.exp(-2j * np.pi * np.outer(fin, grid) / n))
+                G.append(np.exp(2j * np.pi * np.outer(grid, fout) / n))
+
+            def dev(a, dt):
+                return xp.asarray(np.ascontiguousarray(a).astype(dt))
+
+            self._dft[key] = {
+                "FL": dev(FL, dtype), "GL": dev(GL, dtype), "FLt": dev(FL.T, dtype), "GLt": dev(GL.T, dtype),
+                "F": [dev(f, cdt) for f in F], "G": [dev(g, cdt) for g in G],
+                "Fh": [dev(f.conj().T, cdt) for f in F], "Gh": [dev(g.conj().T, cdt) for g in G]}
+        return self._dft[key]
 
     def scales(self, dtype):
         """``(c, 1/c)`` as arrays of ``dtype`` on the plan's module."""
@@ -136,6 +190,12 @@ class SpectralConv(Layer):
         for frequency ``f`` lands on ``f - 1``. Off by default (the mathematically
         consistent convolution); on for weight-exact interoperability at odd sizes.
         Even sizes are unaffected.
+    transform : {"dft", "fft"}
+        How the truncated spectrum is computed: "dft" (default) multiplies by the
+        DFT matrices restricted to the kept modes (real GEMMs for the last axis,
+        complex GEMMs for the others: only the retained modes are ever computed,
+        several times faster than full FFTs for FNO-sized grids on a CPU core);
+        "fft" takes full ``rfftn``/``irfftn`` and slices. Same linear map.
 
     Notes
     -----
@@ -147,8 +207,11 @@ class SpectralConv(Layer):
     name = "spectral"
 
     def __init__(self, in_channels: int, out_channels: int, n_modes: Sequence[int], bias: bool = True,
-                 fft_norm: str = "backward", neuralop_odd_shift: bool = False):
+                 fft_norm: str = "backward", neuralop_odd_shift: bool = False, transform: str = "dft"):
         super().__init__()
+        if transform not in ("dft", "fft"):
+            raise ValueError(f"SpectralConv: transform must be 'dft' or 'fft', got {transform!r}")
+        self.transform = transform
         n_modes = [n_modes] if isinstance(n_modes, (int, np.integer)) else list(n_modes)
         if not 1 <= len(n_modes) <= 3:
             raise ValueError(f"SpectralConv: n_modes must have 1 to 3 entries, got {n_modes!r}")
@@ -220,18 +283,12 @@ class SpectralConv(Layer):
         batch = x.shape[0]
         spatial = tuple(x.shape[2:])
         plan = self._plan(xp, spatial)
-        axes = tuple(range(2, 2 + self.order))
-        X = xp.fft.rfftn(x, axes=axes, norm=self.fft_norm)
         M = plan.M
-        Xm = xp.ascontiguousarray(X[plan.index].reshape(batch, self.in_channels, M).transpose(2, 0, 1))
+        Xm = self._to_modes(xp, plan, x)  # (M, batch, in)
         W = self.dense_weight()[(slice(None), slice(None)) + plan.wsl]
         Wm = xp.ascontiguousarray(W.reshape(self.in_channels, self.out_channels, M).transpose(2, 0, 1))
         Ym = xp.matmul(Xm, Wm)  # (M, batch, out)
-        out = xp.zeros((batch, self.out_channels) + spatial[:-1] + (plan.spectrum_last,), dtype=X.dtype)
-        out[plan.out_index] = Ym.transpose(1, 2, 0).reshape((batch, self.out_channels) + plan.kept)
-        y = xp.fft.irfftn(out, s=spatial, axes=axes, norm=self.fft_norm)
-        if y.dtype != x.dtype:
-            y = y.astype(x.dtype)
+        y = self._from_modes(xp, plan, Ym, batch, x.dtype)
         if self.bias:
             y += self.p["bias"].reshape((-1,) + (1,) * self.order)
         self._saved = (Xm, Wm, plan, spatial, batch)
@@ -245,24 +302,86 @@ class SpectralConv(Layer):
         if dy.shape != (batch, self.out_channels) + spatial:
             raise ValueError(f"SpectralConv.backward: dy shape {dy.shape} does not match the forward output")
         xp = array_module(dy)
-        axes = tuple(range(2, 2 + self.order))
-        inv = _INVERSE_NORM[self.fft_norm]
-        real_dtype = dy.dtype
-        c, w = plan.scales(real_dtype)
         if self.bias:
-            self.g["bias"] += dy.sum(axis=(0,) + axes)
-        G = xp.fft.rfftn(dy, axes=axes, norm=inv)
-        dYs = G[plan.out_index] * c  # (batch, out, *kept)
-        M = plan.M
-        dYm = xp.ascontiguousarray(dYs.reshape(batch, self.out_channels, M).transpose(2, 0, 1))  # (M, batch, out)
+            self.g["bias"] += dy.sum(axis=(0, *range(2, 2 + self.order)))
+        dYm = self._from_modes_adjoint(xp, plan, dy)  # (M, batch, out)
         dWm = xp.matmul(Xm.conj().transpose(0, 2, 1), dYm)  # (M, in, out)
         self.accumulate_weight_grad(
             dWm.transpose(1, 2, 0).reshape((self.in_channels, self.out_channels) + plan.kept), plan.wsl)
         dXm = xp.matmul(dYm, Wm.conj().transpose(0, 2, 1))  # (M, batch, in)
-        dX = xp.zeros((batch, self.in_channels) + spatial[:-1] + (plan.spectrum_last,), dtype=G.dtype)
-        dX[plan.index] = dXm.transpose(1, 2, 0).reshape((batch, self.in_channels) + plan.kept) * w
-        dx = xp.fft.irfftn(dX, s=spatial, axes=axes, norm=inv)
-        return dx.astype(real_dtype, copy=False)
+        return self._to_modes_adjoint(xp, plan, dXm, batch, dy.dtype)
+
+    # -- the four linear maps: x -> kept modes, modes -> y, and their adjoints ----------
+    def _modes_first(self, xp, A, M):
+        """``(batch, ch, *kept)`` -> contiguous ``(M, batch, ch)``."""
+        return xp.ascontiguousarray(A.reshape(A.shape[0], A.shape[1], M).transpose(2, 0, 1))
+
+    def _modes_last(self, plan, Am, batch):
+        """``(M, batch, ch)`` -> ``(batch, ch, *kept)`` (a view)."""
+        ch = Am.shape[2]
+        A = Am.reshape(plan.kept + (batch, ch))
+        return A.transpose((self.order, self.order + 1) + tuple(range(self.order)))
+
+    def _to_modes(self, xp, plan, x):
+        if self.transform == "fft":
+            axes = tuple(range(2, 2 + self.order))
+            X = xp.fft.rfftn(x, axes=axes, norm=self.fft_norm)
+            return self._modes_first(xp, X[plan.index], plan.M)
+        m = plan.dft(x.dtype, self.fft_norm)
+        batch, ch = x.shape[:2]
+        R = xp.matmul(xp.ascontiguousarray(x).reshape(-1, plan.spatial[-1]), m["FL"])
+        R = R.view(m["F"][0].dtype if m["F"] else np.result_type(x.dtype, np.complex64))
+        R = R.reshape((batch, ch) + plan.spatial[:-1] + (plan.kept[-1],))
+        for a, F in enumerate(m["F"]):
+            R = _axis_apply(xp, R, F, 2 + a)
+        return self._modes_first(xp, R, plan.M)
+
+    def _from_modes(self, xp, plan, Ym, batch, dtype):
+        Z = self._modes_last(plan, Ym, batch)
+        ch = Ym.shape[2]
+        if self.transform == "fft":
+            axes = tuple(range(2, 2 + self.order))
+            out = xp.zeros((batch, ch) + plan.spatial[:-1] + (plan.spectrum_last,), dtype=Ym.dtype)
+            out[plan.out_index] = Z
+            return xp.fft.irfftn(out, s=plan.spatial, axes=axes, norm=self.fft_norm).astype(dtype, copy=False)
+        m = plan.dft(dtype, self.fft_norm)
+        for a, G in enumerate(m["G"]):
+            Z = _axis_apply(xp, Z, G, 2 + a)
+        Z = xp.ascontiguousarray(Z)
+        y = xp.matmul(Z.view(dtype).reshape(-1, 2 * plan.kept[-1]), m["GL"])
+        return y.reshape((batch, ch) + plan.spatial)
+
+    def _from_modes_adjoint(self, xp, plan, dy):
+        batch, ch = dy.shape[:2]
+        if self.transform == "fft":
+            axes = tuple(range(2, 2 + self.order))
+            c, _ = plan.scales(dy.dtype)
+            G = xp.fft.rfftn(dy, axes=axes, norm=_INVERSE_NORM[self.fft_norm])
+            return self._modes_first(xp, G[plan.out_index] * c, plan.M)
+        m = plan.dft(dy.dtype, self.fft_norm)
+        dZ = xp.matmul(xp.ascontiguousarray(dy).reshape(-1, plan.spatial[-1]), m["GLt"])
+        dZ = dZ.view(np.result_type(dy.dtype, np.complex64)).reshape((batch, ch) + plan.spatial[:-1]
+                                                                     + (plan.kept[-1],))
+        for a, Gh in enumerate(m["Gh"]):
+            dZ = _axis_apply(xp, dZ, Gh, 2 + a)
+        return self._modes_first(xp, dZ, plan.M)
+
+    def _to_modes_adjoint(self, xp, plan, dXm, batch, dtype):
+        dR = self._modes_last(plan, dXm, batch)
+        ch = dXm.shape[2]
+        if self.transform == "fft":
+            axes = tuple(range(2, 2 + self.order))
+            _, w = plan.scales(dtype)
+            dX = xp.zeros((batch, ch) + plan.spatial[:-1] + (plan.spectrum_last,), dtype=dXm.dtype)
+            dX[plan.index] = dR * w
+            dx = xp.fft.irfftn(dX, s=plan.spatial, axes=axes, norm=_INVERSE_NORM[self.fft_norm])
+            return dx.astype(dtype, copy=False)
+        m = plan.dft(dtype, self.fft_norm)
+        for a, Fh in enumerate(m["Fh"]):
+            dR = _axis_apply(xp, dR, Fh, 2 + a)
+        dR = xp.ascontiguousarray(dR)
+        dx = xp.matmul(dR.view(dtype).reshape(-1, 2 * plan.kept[-1]), m["FLt"])
+        return dx.reshape((batch, ch) + plan.spatial)
 
     def clear(self):
         """Drop the saved spectra."""
