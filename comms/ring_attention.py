@@ -222,11 +222,6 @@ class RingAttention:
         self._buffers: dict = {}
 
     # ------------------------------------------------------------------ checks
-    def _agree(self, error, fields: dict, what: str) -> None:
-        """:func:`hpcore.agree` on ``fields`` over the private duplicate; a mismatch raises
-        :class:`RingMismatchError` on every rank. Collective."""
-        agree(self._ctx.comm, error, what=f"RingAttention.{what}", mismatch=RingMismatchError, **fields)
-
     def _check_qkv(self, q, k, v):
         for name, a in (("q", q), ("k", k), ("v", v)):
             if not (isinstance(a, np.ndarray) or is_device_array(a)):
@@ -301,12 +296,12 @@ class RingAttention:
         error = None
         try:
             self._check_qkv(q, k, v)
-        except Exception as exc:  # noqa: BLE001 - raised on every rank by _agree
+        except Exception as exc:  # noqa: BLE001 - raised on every rank by agree()
             error = exc
         fields = {} if error is not None else {
             "L_local": q.shape[-2], "d": q.shape[-1], "dv": v.shape[-1], "batch_shape": tuple(q.shape[:-2]),
             "dtype": q.dtype, "device": bool(is_device_array(q))}
-        self._agree(error, fields, "forward")
+        agree(self._ctx.comm, error, what="RingAttention.forward", mismatch=RingMismatchError, **fields)
 
         xp = array_module(q)
         rank, size = self.rank, self.size
@@ -401,9 +396,10 @@ class RingAttention:
             if dout.shape != out.shape or dout.dtype != out.dtype or is_device_array(dout) != is_device_array(out):
                 raise ValueError(f"dout: expected shape {out.shape} and dtype {out.dtype} where out lives, "
                                  f"got {dout.shape} {dout.dtype}")
-        except Exception as exc:  # noqa: BLE001 - raised on every rank by _agree
+        except Exception as exc:  # noqa: BLE001 - raised on every rank by agree()
             error = exc
-        self._agree(error, {"dout_size": None if error is not None else int(dout.size)}, "backward")
+        agree(self._ctx.comm, error, what="RingAttention.backward", mismatch=RingMismatchError,
+              dout_size=None if error is not None else int(dout.size))
 
         q, k, v, qs, out, lse, scale = self._saved
         xp = array_module(q)
