@@ -528,8 +528,9 @@ def generate_darcy(comm, path: str, n_samples: int, resolution: int, *, seed: in
                     ins[j], outs[j] = ga, gu
                     its_all[j], res_all[j] = its, res
                     iterations += its
-                logger.info("generate darcy: %d/%d samples (%.1f s)", min((k + 1) * groups, n_samples),
-                            n_samples, time.perf_counter() - t0)
+                if (k + 1) % max(1, n_rounds // 10) == 0 or k + 1 == n_rounds:
+                    logger.info("generate darcy: %d/%d samples (%.1f s)", min((k + 1) * groups, n_samples),
+                                n_samples, time.perf_counter() - t0)
         if rank == 0:
             f.create_dataset("iterations", data=its_all)
             f.create_dataset("residuals", data=res_all)
