@@ -164,12 +164,24 @@ class TypeCache:
     value type stays a plain frozen value. An entry is dropped when its type is
     collected. Values that hold their type (a pack plan holds its ``ctype``) would keep
     it alive: such caches give ``max_types``, and the oldest type's entries are dropped
-    beyond it. Lookups cost one dict access.
+    beyond it; and every cache forgets a type built from an MPI datatype when MPI
+    deletes that datatype's attributes (:meth:`forget_everywhere`; MPICH does so only
+    once no derived type, such as the canonical form's own duplicate, refers to it).
+    Lookups cost one dict access.
     """
+
+    _all: weakref.WeakSet = weakref.WeakSet()
 
     def __init__(self, max_types: int | None = None):
         self._by_type: dict = {}
         self.max_types = max_types
+        TypeCache._all.add(self)
+
+    @classmethod
+    def forget_everywhere(cls, ctype) -> None:
+        """Drop ``ctype``'s entries from every cache (its MPI datatype was freed)."""
+        for cache in list(cls._all):
+            cache._by_type.pop(id(ctype), None)
 
     def get(self, ctype, key):
         """The value stored for ``(ctype, key)``, or None."""
@@ -600,11 +612,15 @@ _named_cache: dict = {}
 _keyval = None
 
 
+def _forget(datatype, keyval, ctype) -> None:  # MPI attribute delete callback: the caller freed the datatype
+    TypeCache.forget_everywhere(ctype)
+
+
 def _canonical(dt, mpi) -> CanonicalType:
     global _keyval
     with _lock:
         if _keyval is None:
-            _keyval = mpi.Datatype.Create_keyval()
+            _keyval = mpi.Datatype.Create_keyval(delete_fn=_forget)
     got = dt.Get_attr(_keyval)
     if got is None:
         if dt.is_predefined:  # predefined handles are never freed: share one form per handle

@@ -171,6 +171,14 @@ def test_plans_own_their_cache_not_the_type():
     for t in types:
         cache.put(t, "k", t)
     assert cache.get(types[0], "k") is None and cache.get(types[2], "k") is types[2] and len(cache) == 2
+    # when MPI deletes a datatype's attributes, every cache forgets its canonical form
+    dt = MPI.DOUBLE.Create_vector(3, 2, 5).Commit()
+    ct = hpcore.canonicalize(dt)
+    hpcore.pack(np.zeros(15), dt)
+    assert pack_module._PLANS.get(ct, 1) is not None
+    TypeCache.forget_everywhere(ct)
+    assert pack_module._PLANS.get(ct, 1) is None
+    dt.Free()
     # entries that do not hold their type go when the type is collected
     other = hpcore.from_view(np.zeros((4, 4))[:, ::2])
     other.instances(5)
