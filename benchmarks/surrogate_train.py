@@ -213,6 +213,9 @@ def _wait_quietly(comm):
 
 
 def _scaling(args, markdown, cmd):
+    """1 rank vs all ranks, interleaved epoch by epoch (1 rank, overlapped, not overlapped, again), so
+    that drifting load on a shared machine hits every variant alike; medians over the epochs after
+    the first (warm-up)."""
     from mpi4py import MPI
 
     from solvers.surrogates import build_model
@@ -221,63 +224,77 @@ def _scaling(args, markdown, cmd):
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    train, tests, source = _load(args)
-    tests = {}
+    train, _, source = _load(args)
     if rank == 0:
-        _header(f"data-parallel training: 1 rank vs {size} ranks in one launch", args, source, cmd, comm)
-    rows, out = [], {}
-    if rank == 0:
-        _, one = _train_ours(args, train, tests, comm=MPI.COMM_SELF)
-        out["1"] = one
-        comm.Ibarrier().Wait()
-    else:
-        _wait_quietly(comm)
-    for overlap in (True, False):
+        _header(f"data-parallel training: 1 rank vs {size} ranks, interleaved epochs in one launch", args, source,
+                cmd, comm)
+    single = Trainer(build_model(_config(args)), train, {}, _train_config(args), comm=MPI.COMM_SELF, log=False) \
+        if rank == 0 else None
+    dps, trainers = {}, {}
+    for key, overlap in (("overlap", True), ("no_overlap", False)):
         model = build_model(_config(args))
-        dp = DataParallel(comm, model, overlap=overlap, bucket_nbytes=args.bucket_kib * 1024)
-        t = Trainer(model, train, tests, _train_config(args), parallel=dp, log=False)
-        t.fit()
-        train_s = sum(r["wall_s"] for r in t.history)
-        steps = dp.stats["steps"]
-        allreduce_s = dp.time_allreduce(repeats=5)
-        res = {"samples_per_s": len(train) * args.epochs / train_s, "step_s": train_s / steps,
-               "exposed_wait_s": dp.stats["wait_s"] / steps, "allreduce_s": allreduce_s,
-               "buckets": len(dp.buckets), "same": dp.same_on_every_rank(),
-               "memory": dp.memory_per_rank(t.optimizer)}
-        out["overlap" if overlap else "no_overlap"] = res
+        dps[key] = DataParallel(comm, model, overlap=overlap, bucket_nbytes=args.bucket_kib * 1024)
+        trainers[key] = Trainer(model, train, {}, _train_config(args), parallel=dps[key], log=False)
+    epoch_s = {"1": [], "overlap": [], "no_overlap": []}
+    waits = {"overlap": [], "no_overlap": []}
+    for _ in range(args.epochs):
+        if rank == 0:
+            epoch_s["1"].append(single.train_epoch()["wall_s"])
+            comm.Ibarrier().Wait()
+        else:
+            _wait_quietly(comm)
+        for key, t in trainers.items():
+            before = dps[key].stats["wait_s"]
+            epoch_s[key].append(t.train_epoch()["wall_s"])
+            waits[key].append(dps[key].stats["wait_s"] - before)
+    steps = len(train.batches(args.batch))
+    out = {"epoch_s": epoch_s, "steps_per_epoch": steps, "load_end": _load_end()}
+    for key in trainers:
+        dp = dps[key]
+        out[key] = {"allreduce_s": dp.time_allreduce(repeats=5), "buckets": len(dp.buckets),
+                    "same": dp.same_on_every_rank(), "memory": dp.memory_per_rank(trainers[key].optimizer)}
         dp.free()
     model = build_model(_config(args))
     dp = DataParallel(comm, model, sharded=True)
-    t = Trainer(model, train, tests, _train_config(args), parallel=dp, log=False)
+    t = Trainer(model, train, {}, _train_config(args), parallel=dp, log=False)
     t.fit(1)
     out["sharded_memory"] = dp.memory_per_rank()
     dp.free()
     if rank == 0:
-        one = out["1"]["samples_per_s"]
-        ov, no = out["overlap"], out["no_overlap"]
-        frac = (no["step_s"] - ov["step_s"]) / ov["allreduce_s"] if ov["allreduce_s"] > 0 else float("nan")
-        hidden = 1.0 - ov["exposed_wait_s"] / ov["allreduce_s"] if ov["allreduce_s"] > 0 else float("nan")
-        out["overlap_fraction"] = frac
-        out["hidden_fraction"] = hidden
+        def med(key):
+            v = epoch_s[key][1:] or epoch_s[key]
+            return float(np.median(v))
+
+        one = len(train) / med("1")
+        ov = out["overlap"]
+        step_ov, step_no = med("overlap") / steps, med("no_overlap") / steps
+        exposed_ov = float(np.median(waits["overlap"][1:] or waits["overlap"])) / steps
+        exposed_no = float(np.median(waits["no_overlap"][1:] or waits["no_overlap"])) / steps
+        frac = (step_no - step_ov) / ov["allreduce_s"] if ov["allreduce_s"] > 0 else float("nan")
+        hidden = 1.0 - exposed_ov / ov["allreduce_s"] if ov["allreduce_s"] > 0 else float("nan")
+        out.update(overlap_fraction=frac, hidden_fraction=hidden, samples_per_s_1=one)
         cols = [Column("run", left=True), Column("samples/s", ".1f"), Column("speed-up vs 1 rank", ".2f"),
                 Column("step [ms]", ".1f"), Column("exposed comm/step [ms]", ".2f"),
                 Column("allreduce alone [ms]", ".2f"), Column("params same bitwise", left=True)]
-        rows = [["1 rank", one, 1.0, "", "", "", ""]]
-        labels = (("overlap", f"{size} ranks, overlapped buckets"),
-                  ("no_overlap", f"{size} ranks, allreduce after backward"))
-        for key, label in labels:
-            r = out[key]
-            rows.append([label, r["samples_per_s"], r["samples_per_s"] / one, r["step_s"] * 1e3,
-                         r["exposed_wait_s"] * 1e3, r["allreduce_s"] * 1e3, str(r["same"])])
+        rows = [["1 rank", one, 1.0, med("1") / steps * 1e3, "", "", ""]]
+        for key, label, step, exposed in (("overlap", f"{size} ranks, overlapped buckets", step_ov, exposed_ov),
+                                          ("no_overlap", f"{size} ranks, allreduce after backward", step_no,
+                                           exposed_no)):
+            sps = len(train) / med(key)
+            out[key]["samples_per_s"] = sps
+            rows.append([label, sps, sps / one, step * 1e3, exposed * 1e3, out[key]["allreduce_s"] * 1e3,
+                         str(out[key]["same"])])
         print()
         print(format_table(cols, rows, markdown=markdown))
-        print(f"\n# {out['overlap']['buckets']} buckets; overlap fraction (t_no_overlap - t_overlap) / t_allreduce "
-              f"= {frac:.2f}; hidden fraction 1 - exposed / t_allreduce = {hidden:.2f}")
-        full, sh = out["overlap"]["memory"], out["sharded_memory"]
-        print(f"# memory per rank [bytes]: replicated Adam state {full.get('optimizer', 0)}, ZeRO-style sharded "
-              f"{sh.get('optimizer', 0)} (+ param block {sh.get('param_shard', 0)}); params {full['params']}, "
-              f"grads {full['grads']}")
-        print(f"# load average at the end: {_load_end()}")
+        print(f"\n# medians of epochs 2..{args.epochs} (epoch 1 is warm-up), {steps} steps per epoch; "
+              f"{ov['buckets']} buckets of ~{args.bucket_kib} KiB")
+        print(f"# overlap fraction (t_step_no_overlap - t_step_overlap) / t_allreduce = {frac:.2f}; hidden fraction "
+              f"1 - exposed / t_allreduce = {hidden:.2f}")
+        full, sh = ov["memory"], out["sharded_memory"]
+        print(f"# memory per rank [bytes]: replicated Adam state (m, v) {full.get('optimizer', 0)}, ZeRO-style "
+              f"sharded {sh.get('optimizer', 0)} (+ parameter block {sh.get('param_shard', 0)}); params "
+              f"{full['params']}, grads {full['grads']}")
+        print(f"# load average at the end: {out['load_end']}")
     return out
 
 
