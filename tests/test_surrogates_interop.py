@@ -101,3 +101,24 @@ def test_copy_from_neuralop_round_trip_and_parameter_counts():
         assert not np.array_equal(other.params, model.params)
         copy_from_neuralop(theirs, other)
         np.testing.assert_array_equal(other.params, model.params)
+
+
+def test_losses_match_neuralop():
+    from neuralop.losses import H1Loss as NopH1
+    from neuralop.losses import LpLoss as NopLp
+
+    from solvers.surrogates import H1Loss, LpLoss
+
+    rng = np.random.default_rng(3)
+    for shape, d in (((4, 1, 12), 1), ((3, 1, 10, 9), 2), ((2, 1, 6, 5, 7), 3)):
+        y = rng.standard_normal(shape)
+        pred = y + 0.2 * rng.standard_normal(shape)
+        tp, ty = torch.tensor(pred), torch.tensor(y)
+        assert LpLoss("sum")(pred, y)[0] == pytest.approx(float(NopLp(d=d, p=2)(tp, ty)), rel=1e-12)
+        ours = H1Loss(d=d, derivative="central", reduction="sum")(pred, y)[0]
+        assert ours == pytest.approx(float(NopH1(d=d)(tp, ty)), rel=1e-12)
+        # gradients through torch's autograd
+        tp.requires_grad_(True)
+        NopH1(d=d)(tp, ty).backward()
+        np.testing.assert_allclose(H1Loss(d=d, derivative="central", reduction="sum")(pred, y)[1], tp.grad.numpy(),
+                                   rtol=1e-10, atol=1e-14)

@@ -68,6 +68,11 @@ def test_config_round_trip_and_astype():
     cfg = json.loads(json.dumps(model.config))
     other = build_model(cfg)
     np.testing.assert_array_equal(other.params, model.params)  # same seed, same init
+    x0 = np.random.default_rng(2).standard_normal((2, 2, 8, 8))
+    np.testing.assert_array_equal(model.predict(x0), model.forward(x0))
+    model.predict(x0)
+    with pytest.raises(RuntimeError, match="before forward"):
+        model.backward(np.ones((2, 1, 8, 8)))
     m32 = model.astype("float32")
     assert m32.params.dtype == np.float32 and m32.config["dtype"] == "float32"
     x = np.random.default_rng(1).standard_normal((2, 2, 8, 8))

@@ -200,6 +200,14 @@ class Model:
 
     __call__ = forward
 
+    def predict(self, x):
+        """Forward without keeping activations for backward (evaluation)."""
+        try:
+            return self.forward(x)
+        finally:
+            for _, layer in self.layers:
+                layer.clear()
+
     def backward(self, dy, on_grads_ready: Callable[[int, int], None] | None = None):
         """Accumulate ``dL/dparams`` into ``grads`` and return ``dL/dx``.
 
