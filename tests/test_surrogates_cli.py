@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,19 @@ import pytest
 from solvers.surrogates.__main__ import DEFAULT_CONFIG_PATH, ConfigError, load_run_config, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEAKY = re.compile(r"^(PMI_|PMIX_|PMI2_|HYDRA_|HYDI_|MPIR_CVAR_CH4_ROOTS|MPI_LOCALRANKID|MPI_LOCALNRANKS|OMPI_|PRTE_|"
+                   r"SLURM_)")
+
+
+def _world_size():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_size()
+
+
+# main() runs on COMM_WORLD: under `mpiexec -n 4 pytest --with-mpi` every rank would run it with its own
+# tmp_path (a refused, mismatched call). Those tests run in the serial pass.
+SERIAL_ONLY = pytest.mark.skipif(_world_size() > 1, reason="calls main() on COMM_WORLD; run from the serial pass")
 
 
 def test_default_config_loads_and_overrides_apply_together(tmp_path):
@@ -47,6 +61,7 @@ def test_refused_configurations(overrides, match):
         load_run_config(DEFAULT_CONFIG_PATH, overrides)
 
 
+@SERIAL_ONLY
 def test_train_refusal_exit_status(capsys):
     assert main(["train", "--set", "train.epochs=0", "--set", "model.kind=\"x\""]) == 2
     err = capsys.readouterr().err
@@ -55,6 +70,7 @@ def test_train_refusal_exit_status(capsys):
     assert "cannot open" in capsys.readouterr().err
 
 
+@SERIAL_ONLY
 def test_generate_and_train_serial(tmp_path, monkeypatch, capsys):
     pytest.importorskip("h5py")
     monkeypatch.chdir(tmp_path)
@@ -89,11 +105,13 @@ def test_generate_and_train_serial(tmp_path, monkeypatch, capsys):
 
 
 def _mpiexec(args, cwd, timeout=240):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items() if not LEAKY.match(k)}
+    env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     return subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "solvers.surrogates", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@SERIAL_ONLY
 @pytest.mark.timeout(600)
 def test_two_ranks_refusal_named_once_and_domain_run(tmp_path):
     if shutil.which("mpiexec") is None:

@@ -13,7 +13,8 @@
 ``python -m solvers.surrogates generate burgers|heat --samples S --resolution R --out file.h5``
     1-D periodic data (serial; rank 0 writes).
 
-Exit status: 0 on success, 2 for a refused configuration or input, 1 for other errors.
+Exit status: 0 on success, 2 for a refused configuration or input, 1 for other errors (an error on
+some ranks only, e.g. mid-run, is printed with its rank and ends the whole job with ``MPI_Abort``).
 Set ``SURROGATES_DEBUG=1`` for per-rank debug output.
 """
 
@@ -483,9 +484,20 @@ def main(argv=None) -> int:
         lg.propagate = name != "solvers.surrogates"
     logger = logging.getLogger("solvers.surrogates")
     logger.setLevel(logging.DEBUG if debug else (logging.INFO if rank == 0 else logging.WARNING))
-    if args.command == "train":
-        return _train(args, comm, logger)
-    return _generate(args, comm, logger)
+    try:
+        if args.command == "train":
+            return _train(args, comm, logger)
+        return _generate(args, comm, logger)
+    except Exception:  # noqa: BLE001 - any error on one rank must end the job, not hang it
+        # an error on some ranks only (mid-run): report it with the rank and end the whole job,
+        # so that the other ranks do not wait forever in a collective
+        import traceback
+
+        print(f"surrogates: rank {rank}/{comm.Get_size()} failed:\n{traceback.format_exc()}", file=sys.stderr,
+              flush=True)
+        if comm.Get_size() > 1:
+            comm.Abort(1)
+        return 1
 
 
 if __name__ == "__main__":
