@@ -12,6 +12,11 @@ size, ``solvers.flux_transport.FluxTransport`` steps on HipFT-sized grids
 
 Advection: one SSPRK(4,3) + WENO3 step at the CFL limit (4 operator stages).
 Diffusion: one RKG2 super step of ``--ratio`` explicit limits (``s`` stages).
+
+``--hipft PATH`` instead runs HipFT side by side (see :func:`run_hipft`): the
+same deck through both codes, one after the other, ``--samples`` times
+interleaved, and compares the phase times HipFT reports (``hipft_timing.out``)
+with ours, as cell-stage updates per second.
 A cell-update is one cell of one realization advanced by one step; "stage
 updates" count each operator stage. The copy bound is the machine's measured
 copy bandwidth over the compulsory traffic of a step (read the stage input,
@@ -33,7 +38,9 @@ from .common import Column, command_line, format_table, machine_lines, median, r
 COMMAND = "flux"
 HELP = "flux-transport step throughput, decomposed vs HipFT-style realization split (mpiexec -n 2, or 4)"
 
-__all__ = ["run", "add_arguments", "copy_bandwidth"]
+__all__ = ["run", "add_arguments", "copy_bandwidth", "DEFAULT_MAP"]
+
+DEFAULT_MAP = "/work/shared/data/hipft/hmi_synoptic_mr_polfil_720s_cr2255_pslt_pt_1024x512.h5"
 
 
 def add_arguments(parser) -> None:
@@ -48,6 +55,12 @@ def add_arguments(parser) -> None:
                         help="timed steps per case, interleaved across layouts (default 3)")
     parser.add_argument("--device", action="store_true", help="CuPy arrays on the GPU (needs a device)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write settings and raw samples (rank 0)")
+    parser.add_argument("--hipft", default=None, metavar="PATH",
+                        help="HipFT binary: time both codes on the same decks (HipFT on 1 rank, ours on 1 and on "
+                             "the launch's ranks), advection and diffusion phases")
+    parser.add_argument("--map", default=DEFAULT_MAP,
+                        help="HipFT map of the --hipft decks (default: the 1024 x 512 HMI map of ../shared/data/hipft)")
+    parser.add_argument("--steps", type=int, default=20, help="--hipft: steps per deck (default 20)")
 
 
 def _sizes(text: str) -> list:
@@ -88,17 +101,13 @@ def _config(kind: str, nphi: int, ntheta: int, nr: int, layout: dict, device: bo
 
 def _case(comm, kind, nphi, ntheta, nr, layout, args, xp):
     """Build one case on ``comm``; returns ``(model, op, stages, dt)`` (op advances one step). Collective."""
-    from mpi4py import MPI
-
     from solvers.flux_transport import FluxTransport
-    from solvers.flux_transport.timestepping import SAFETY, sts_stages
+    from solvers.flux_transport.timestepping import sts_stages
 
     m = FluxTransport(comm, _config(kind, nphi, ntheta, nr, layout, args.device), output=False)
     if kind == "advection":
-        m._exchange(m.f)
-        m.advection.prepare(m.f)
-        rate = m.comm.allreduce(m.advection.local_rate(), op=MPI.MAX)
-        dt = SAFETY / rate
+        m._prepare_flows()
+        dt = m.dt_flow
 
         def op():
             m.advect(dt)
@@ -107,7 +116,7 @@ def _case(comm, kind, nphi, ntheta, nr, layout, args, xp):
     dt = args.ratio * m.dt_exp
 
     def op():
-        m.diffuse(dt)
+        m._sts(dt)
 
     return m, op, sts_stages(args.ratio, "rkg2"), dt
 
@@ -175,6 +184,10 @@ def run(args, markdown: bool = False) -> int:
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
+    if getattr(args, "hipft", None):
+        from .flux_hipft import run_hipft
+
+        return run_hipft(args, markdown)
     xp = np
     if args.device:
         from hpcore.arrays import cupy_or_none

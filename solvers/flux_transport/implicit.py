@@ -182,6 +182,7 @@ class ImplicitDiffusion:
             x.destroy()
 
     def free(self) -> None:
+        """Destroy the cached PETSc matrices and solvers. Safe to call twice."""
         for A, ksp in self.cache.values():
             ksp.destroy()
             A.destroy()

@@ -30,11 +30,10 @@ does not vectorise the loops (4-8x slower here).
 
 from __future__ import annotations
 
-import math
-
 from numba import njit
 
-__all__ = ["flow_faces", "flow_alpha", "advection_stage", "pole_face_flux", "pole_stage", "diffusion_apply",
+__all__ = ["attenuation_args", "flow_faces", "flow_alpha", "advection_stage", "pole_face_flux", "pole_stage",
+           "diffusion_apply",
            "sts_stage", "sts_first", "pole_diffusion_contrib", "pole_sts_stage", "pole_sts_first", "ptl_max",
            "ptl_min", "weno3"]
 
@@ -74,56 +73,68 @@ def weno3(la, lb, lc, pa, pb, pc, pd, wm, wc):
 
 # ---------------------------------------------------------------------------------------------- per step
 @njit(cache=True, error_model="numpy")
-def flow_faces(u, vt0, vp0, inv_b, face_att, attenuate, vt_f, vp_f, mt, mp, r0, r1, m0, m1, nr, dt_i, st_i, dp_i,
-               interior):
-    """Attenuated face velocities, the face-speed maxima of each cell and the CFL rate (HipFT's
-    ``update_flow`` and ``get_flow_dtmax`` in one pass).
+def attenuation_args(u, inv_b, face_att, at_t, at_p, r0, r1, m0, m1, nr):
+    """``max(|Br|) / B_att`` of the two cells beside every face HipFT attenuates (the argument of its tanh).
 
-    2-D views ``(R, L)``. ``u`` with ghosts filled; ``vt0``, ``vp0``: unattenuated
-    theta velocity at the north face of each row and phi velocity of each row, per
-    value [R_sun/h]; ``inv_b (L,)`` ``1 / B_att``; ``face_att[r]``: the north face of
-    row ``r`` is an interior face (attenuated when ``attenuate``). Writes ``vt_f``
-    (north faces of rows ``r0 .. r1``), ``vp_f`` (west faces of values ``m0 .. m1 +
-    nr``) for rows ``r0 .. r1-1``, and ``mt = max(|vt_n|, |vt_s|)``, ``mp = max(|vp_w|,
-    |vp_e|)`` on the owned cells. Returns the largest ``mt dt_i + mp st_i dp_i`` over
-    owned ``interior`` rows [1/h] (HipFT's k.v).
+    2-D views ``(R, L)``. ``at_t[r]``: the north face of row ``r`` for rows ``r0 .. r1``
+    (inclusive: the south face of the last owned row) where ``face_att[r]``;
+    ``at_p[r, m]``: the west face of value ``m`` for ``m0 .. m1 + nr`` on rows ``r0 .. r1 - 1``.
+    The caller applies ``np.tanh`` in place (NumPy's SIMD tanh: numba's calls libm one value at a time).
     """
     n = m1 - m0
     ib = inv_b[m0:m1]
     for r in range(r0, r1 + 1):
-        v0 = vt0[r, m0:m1]
-        vf = vt_f[r, m0:m1]
-        if attenuate and face_att[r]:
-            un = u[r - 1, m0:m1]
-            uc = u[r, m0:m1]
+        if face_att[r]:
+            un, uc, a = u[r - 1, m0:m1], u[r, m0:m1], at_t[r, m0:m1]
             for k in range(n):
-                b = max(abs(un[k]), abs(uc[k]))
-                vf[k] = v0[k] * (1.0 - math.tanh(b * ib[k]))
+                a[k] = max(abs(un[k]), abs(uc[k])) * ib[k]
+    ibe = inv_b[m0:m1 + nr]
+    for r in range(r0, r1):
+        uw, uc, a = u[r, m0 - nr:m1], u[r, m0:m1 + nr], at_p[r, m0:m1 + nr]
+        for k in range(n + nr):
+            a[k] = max(abs(uw[k]), abs(uc[k])) * ibe[k]
+
+
+@njit(cache=True, error_model="numpy")
+def flow_faces(vt0, vp0, th_t, th_p, face_att, attenuate, vt_f, vp_f, mt, mp, r0, r1, m0, m1, nr, dt_i, st_i, dp_i,
+               interior):
+    """Attenuated face velocities, the face-speed maxima of each cell and the CFL rate (HipFT's
+    ``update_flow`` and ``get_flow_dtmax`` in one pass).
+
+    2-D views ``(R, L)``. ``vt0``, ``vp0``: unattenuated theta velocity at the north
+    face of each row and phi velocity of each row, per value [R_sun/h]; ``th_t``,
+    ``th_p``: ``tanh`` of :func:`attenuation_args` (used where ``attenuate`` and, for
+    theta, ``face_att[r]``). Writes ``vt_f`` (north faces of rows ``r0 .. r1``),
+    ``vp_f`` (west faces of values ``m0 .. m1 + nr``) for rows ``r0 .. r1-1``, and
+    ``mt = max(|vt_n|, |vt_s|)``, ``mp = max(|vp_w|, |vp_e|)`` on the owned cells.
+    Returns the largest ``mt dt_i + mp st_i dp_i`` over owned ``interior`` rows
+    [1/h] (HipFT's k.v).
+    """
+    n = m1 - m0
+    for r in range(r0, r1 + 1):
+        v0, vf = vt0[r, m0:m1], vt_f[r, m0:m1]
+        if attenuate and face_att[r]:
+            a = th_t[r, m0:m1]
+            for k in range(n):
+                vf[k] = v0[k] * (1.0 - a[k])
         else:
             for k in range(n):
                 vf[k] = v0[k]
-    ibe = inv_b[m0:m1 + nr]
     for r in range(r0, r1):
-        v0 = vp0[r, m0:m1 + nr]
-        vf = vp_f[r, m0:m1 + nr]
+        v0, vf = vp0[r, m0:m1 + nr], vp_f[r, m0:m1 + nr]
         if attenuate:
-            uw = u[r, m0 - nr:m1]
-            uc = u[r, m0:m1 + nr]
+            a = th_p[r, m0:m1 + nr]
             for k in range(n + nr):
-                b = max(abs(uw[k]), abs(uc[k]))
-                vf[k] = v0[k] * (1.0 - math.tanh(b * ibe[k]))
+                vf[k] = v0[k] * (1.0 - a[k])
         else:
             for k in range(n + nr):
                 vf[k] = v0[k]
     rate = 0.0
     dpi = dp_i[m0:m1]
     for r in range(r0, r1):
-        vn = vt_f[r, m0:m1]
-        vs = vt_f[r + 1, m0:m1]
-        vw = vp_f[r, m0:m1]
-        ve = vp_f[r, m0 + nr:m1 + nr]
-        tr = mt[r, m0:m1]
-        pr = mp[r, m0:m1]
+        vn, vs = vt_f[r, m0:m1], vt_f[r + 1, m0:m1]
+        vw, ve = vp_f[r, m0:m1], vp_f[r, m0 + nr:m1 + nr]
+        tr, pr = mt[r, m0:m1], mp[r, m0:m1]
         for k in range(n):
             tr[k] = max(abs(vn[k]), abs(vs[k]))
             pr[k] = max(abs(vw[k]), abs(ve[k]))
@@ -140,38 +151,33 @@ def flow_alpha(vt_f, vp_f, mt, mp, row_ok, hn_t, hp_t, hn_p, hp_p, r0, r1, m0, m
     """Local Lax-Friedrichs speeds and the split velocities of the owned cells (HipFT's ``set_lf_alpha``).
 
     ``alpha_t`` of a cell is the largest ``mt`` over rows ``r-2 .. r+2`` that exist
-    (``row_ok``), ``alpha_p`` the largest ``mp`` over columns ``c-2 .. c+2``
-    (periodic through the ghosts: ``mt``, ``mp`` exchanged first). Writes
-    ``hn_t = vt_north + alpha_t``, ``hp_t = vt_south - alpha_t`` and the same in phi
-    (zero on the pole rows, which have no phi fluxes).
+    (``row_ok``; a missing row is replaced by row ``r``, which changes no maximum),
+    ``alpha_p`` the largest ``mp`` over columns ``c-2 .. c+2`` (periodic through the
+    ghosts: ``mt``, ``mp`` exchanged first). Writes ``hn_t = vt_north + alpha_t``,
+    ``hp_t = vt_south - alpha_t`` and the same in phi (zero on the pole rows, which
+    have no phi fluxes).
     """
     n = m1 - m0
     for r in range(r0, r1):
-        hn = hn_t[r, m0:m1]
-        hp = hp_t[r, m0:m1]
+        ra = r - 2 if row_ok[r - 2] else r
+        rb = r - 1 if row_ok[r - 1] else r
+        rc = r + 1 if row_ok[r + 1] else r
+        rd = r + 2 if row_ok[r + 2] else r
+        t0, t1, t2, t3, t4 = mt[ra, m0:m1], mt[rb, m0:m1], mt[r, m0:m1], mt[rc, m0:m1], mt[rd, m0:m1]
+        vn, vs = vt_f[r, m0:m1], vt_f[r + 1, m0:m1]
+        hn, hp = hn_t[r, m0:m1], hp_t[r, m0:m1]
         for k in range(n):
-            hn[k] = 0.0
-        for rr in range(r - 2, r + 3):
-            if row_ok[rr]:
-                x = mt[rr, m0:m1]
-                for k in range(n):
-                    hn[k] = max(hn[k], x[k])
-        vn = vt_f[r, m0:m1]
-        vs = vt_f[r + 1, m0:m1]
-        for k in range(n):
-            at = hn[k]
+            at = max(max(max(max(t0[k], t1[k]), t2[k]), t3[k]), t4[k])
             hn[k] = vn[k] + at
             hp[k] = vs[k] - at
-        qn = hn_p[r, m0:m1]
-        qp = hp_p[r, m0:m1]
+        qn, qp = hn_p[r, m0:m1], hp_p[r, m0:m1]
         if interior[r]:
             a = mp[r, m0 - 2 * nr:m1 - 2 * nr]
             b = mp[r, m0 - nr:m1 - nr]
             c = mp[r, m0:m1]
             d = mp[r, m0 + nr:m1 + nr]
             e = mp[r, m0 + 2 * nr:m1 + 2 * nr]
-            vw = vp_f[r, m0:m1]
-            ve = vp_f[r, m0 + nr:m1 + nr]
+            vw, ve = vp_f[r, m0:m1], vp_f[r, m0 + nr:m1 + nr]
             for k in range(n):
                 ap = max(max(max(max(a[k], b[k]), c[k]), d[k]), e[k])
                 qn[k] = vw[k] + ap

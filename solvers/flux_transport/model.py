@@ -215,7 +215,7 @@ class FluxTransport:
         self.history = None
         self.history_rows: list = []
         self.butterfly: tuple = ([], [])
-        self.wall_s = {"advection": 0.0, "diffusion": 0.0, "assimilation": 0.0, "output": 0.0}
+        self.wall_s = {"advection": 0.0, "flows": 0.0, "diffusion": 0.0, "assimilation": 0.0, "output": 0.0}
         o = config.output
         self.history_stem = getattr(o, "history_prefix", "") or f"{o.prefix.split('_')[0]}_history"
         if output:
@@ -367,8 +367,10 @@ class FluxTransport:
         """HipFT's ``update_flow`` + ``get_flow_dtmax`` from the current field. Collective on ``comm``."""
         from mpi4py import MPI
 
+        t0 = _time.perf_counter()
         self._exchange(self.f)
         rate = self.comm.allreduce(self.advection.prepare(self.f, self._exchange), op=MPI.MAX)
+        self.wall_s["flows"] += _time.perf_counter() - t0
         dt = SAFETY * 0.5 / max(rate, np.finfo(np.float64).tiny)
         if self.config.time.strang:
             dt *= 2.0
@@ -482,7 +484,8 @@ class FluxTransport:
                 if i == MAX_SUBCYCLES - 1:
                     dt2 = dt - stepped
                     done = True
-            stages += self._sts(dt2)
+            s = self._sts(dt2)
+            stages += s
             stepped += dt2
             if not auto and i == n_fixed:
                 done = True
@@ -490,6 +493,7 @@ class FluxTransport:
                 break
             i += 1
         self.last_stages, self.last_subcycles = stages, i
+        self.last_cycle_stages = s  # HipFT's N_DIFF_PER_STEP (the last sub-cycle's stages)
         self.stages_total = getattr(self, "stages_total", 0) + stages
         self.wall_s["diffusion"] += _time.perf_counter() - t0
 

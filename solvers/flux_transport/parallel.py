@@ -46,6 +46,7 @@ class PoleReducer:
 
     @property
     def holds_pole(self) -> bool:
+        """Whether this rank's process row holds a pole cap."""
         return self.north or self.south
 
     def sums(self, north, south):
@@ -86,6 +87,7 @@ class PoleReducer:
         return out[0], out[1]
 
     def free(self) -> None:
+        """Free the row communicator. Collective on the process row; safe to call twice."""
         from mpi4py import MPI
 
         if self.row_comm != MPI.COMM_NULL and not MPI.Is_finalized():
