@@ -22,6 +22,15 @@ __all__ = ["AdvectionOperator", "DiffusionOperator", "Block"]
 _HUGE = float(np.finfo(np.float64).max)
 
 
+def _kernels(xp):
+    """The kernel set for the array module: numba host kernels, or CuPy device kernels."""
+    if xp is np:
+        return K
+    from .kernels_device import device_kernels
+
+    return device_kernels(xp)
+
+
 class Block:
     """Index ranges and padded metric arrays of one rank's block (not collective, cheap)."""
 
@@ -67,8 +76,6 @@ class AdvectionOperator:
     """
 
     def __init__(self, domain, grid, flows, xp=np):
-        if xp is not np:
-            raise NotImplementedError("AdvectionOperator: device arrays need kernels_device (not built yet)")
         self.domain = domain
         self.grid = grid
         self.flows = flows
@@ -117,6 +124,11 @@ class AdvectionOperator:
         self.pole_buf = np.zeros(b.npl * nr)
         self.prepared = False
         self.rate = 0.0
+        self.K = _kernels(xp)
+        if xp is not np:  # metric arrays and work arrays on the device; flags stay on the host
+            for name in ("vt0", "vp0", "inv_b", "wt", "wp", "sth", "st_i", "dt_i", "dp_i", "dp", "face_kind", "vt_f",
+                         "vp_f", "mt", "mp", "hn_t", "hp_t", "hn_p", "hp_p", "th_t", "th_p"):
+                setattr(self, name, xp.asarray(getattr(self, name)))
 
     def _two(self, x):
         return x.reshape(self.b.R, self.b.L)
@@ -134,16 +146,17 @@ class AdvectionOperator:
         r0, r1 = b.r_own
         m0, m1 = b.m_own
         if self.attenuate:  # tanh of the attenuation argument on the rows the kernel reads, in NumPy's SIMD tanh
-            K.attenuation_args(two(F), self.inv_b, self.face_att, two(self.th_t), two(self.th_p), r0, r1, m0, m1,
-                               b.nr)
-            np.tanh(self.th_t[r0:r1 + 1], out=self.th_t[r0:r1 + 1])
-            np.tanh(self.th_p[r0:r1], out=self.th_p[r0:r1])
-        self.rate = K.flow_faces(self.vt0, self.vp0, two(self.th_t), two(self.th_p), self.face_att, self.attenuate,
-                                 two(self.vt_f), two(self.vp_f), two(self.mt), two(self.mp), r0, r1, m0, m1, b.nr,
-                                 self.dt_i, self.st_i, self.dp_i, self.interior)
+            self.K.attenuation_args(two(F), self.inv_b, self.face_att, two(self.th_t), two(self.th_p), r0, r1, m0,
+                                    m1, b.nr)
+            xp = self.xp
+            xp.tanh(self.th_t[r0:r1 + 1], out=self.th_t[r0:r1 + 1])
+            xp.tanh(self.th_p[r0:r1], out=self.th_p[r0:r1])
+        self.rate = self.K.flow_faces(self.vt0, self.vp0, two(self.th_t), two(self.th_p), self.face_att,
+                                      self.attenuate, two(self.vt_f), two(self.vp_f), two(self.mt), two(self.mp), r0,
+                                      r1, m0, m1, b.nr, self.dt_i, self.st_i, self.dp_i, self.interior)
         exchange(self.mt, self.mp)
-        K.flow_alpha(two(self.vt_f), two(self.vp_f), two(self.mt), two(self.mp), self.row_ok, two(self.hn_t),
-                     two(self.hp_t), two(self.hn_p), two(self.hp_p), r0, r1, m0, m1, b.nr, self.interior)
+        self.K.flow_alpha(two(self.vt_f), two(self.vp_f), two(self.mt), two(self.mp), self.row_ok, two(self.hn_t),
+                          two(self.hp_t), two(self.hn_p), two(self.hp_p), r0, r1, m0, m1, b.nr, self.interior)
         exchange(self.hn_t, self.hp_t, self.hn_p, self.hp_p)
         self.prepared = True
         return self.rate
@@ -160,9 +173,10 @@ class AdvectionOperator:
         z2 = u0.reshape(R, L) if u0 is not None else u2
         m0, m1 = b.m_own
         two = lambda x: x.reshape(R, L)  # noqa: E731
-        K.advection_stage(u2, z2, o2, two(self.hn_t), two(self.hp_t), two(self.hn_p), two(self.hp_p),
-                          two(self.vt_f), self.face_kind, self.wt, self.wp, self.sth, self.st_i, self.dt_i,
-                          self.dp_i, b.r_int[0], b.r_int[1], m0, m1, nr, a, bcoef, cdt, self.ft_n, self.ft_s, self.fp)
+        self.K.advection_stage(u2, z2, o2, two(self.hn_t), two(self.hp_t), two(self.hn_p), two(self.hp_p),
+                               two(self.vt_f), self.face_kind, self.wt, self.wp, self.sth, self.st_i, self.dt_i,
+                               self.dp_i, b.r_int[0], b.r_int[1], m0, m1, nr, a, bcoef, cdt, self.ft_n, self.ft_s,
+                               self.fp)
         self._poles(u2, z2, o2, a, bcoef, cdt)
 
     def apply(self, u, y) -> None:
@@ -178,17 +192,18 @@ class AdvectionOperator:
         vt2 = self.vt_f.reshape(b.R, b.L)
         north = south = None
         if b.north_row >= 0:
-            K.pole_face_flux(u2, vt2, b.north_row + 1, m0, m1, self.dp, self.pole_buf)
+            self.K.pole_face_flux(u2, vt2, b.north_row + 1, m0, m1, self.dp, self.pole_buf)
             north = self.pole_buf.reshape(b.npl, b.nr).copy()
         if b.south_row >= 0:
-            K.pole_face_flux(u2, vt2, b.south_row, m0, m1, self.dp, self.pole_buf)
+            self.K.pole_face_flux(u2, vt2, b.south_row, m0, m1, self.dp, self.pole_buf)
             south = self.pole_buf.reshape(b.npl, b.nr).copy()
         ns, ss = d.poles.sums(north, south)
         if ns is not None:
-            K.pole_stage(u2, z2, o2, b.north_row, m0, m1, b.nr, np.ascontiguousarray(ns * self.cap_n), a, bcoef, cdt)
+            self.K.pole_stage(u2, z2, o2, b.north_row, m0, m1, b.nr, np.ascontiguousarray(ns * self.cap_n), a,
+                              bcoef, cdt)
         if ss is not None:
-            K.pole_stage(u2, z2, o2, b.south_row, m0, m1, b.nr, np.ascontiguousarray(-ss * self.cap_s), a, bcoef,
-                         cdt)
+            self.K.pole_stage(u2, z2, o2, b.south_row, m0, m1, b.nr, np.ascontiguousarray(-ss * self.cap_s), a,
+                              bcoef, cdt)
 
     def unattenuated_rate(self) -> float:
         """This rank's ``k.v`` of the flows without attenuation (an upper bound for any field) [1/h]."""
@@ -212,8 +227,6 @@ class DiffusionOperator:
     """
 
     def __init__(self, domain, grid, eta, xp=np):
-        if xp is not np:
-            raise NotImplementedError("DiffusionOperator: device arrays need kernels_device (not built yet)")
         self.domain = domain
         self.grid = grid
         self.xp = xp
@@ -234,6 +247,10 @@ class DiffusionOperator:
         self.cap_n, self.cap_s = f["cap_n"], f["cap_s"]
         self.interior = inner.astype(np.bool_)
         self.pole_buf = np.zeros(b.npl * b.nr)
+        self.K = _kernels(xp)
+        if xp is not np:
+            for name in ("an", "as_", "s", "pw", "pe", "dp", "eta_m", "eta2_m"):
+                setattr(self, name, xp.asarray(getattr(self, name)))
         # HipFT's Gershgorin bound over this rank's interior cells: sum |coef| = 2 eta (an + as + s (pw + pe))
         rows = np.arange(b.r_int[0], b.r_int[1])
         cols = np.arange(GHOST, GHOST + b.npl)
@@ -259,10 +276,12 @@ class DiffusionOperator:
         m0, m1 = b.m_own
         north = south = None
         if b.north_row >= 0:
-            K.pole_diffusion_contrib(x2, b.north_row, b.north_row + 1, m0, m1, self.eta2_m, self.dp, self.pole_buf)
+            self.K.pole_diffusion_contrib(x2, b.north_row, b.north_row + 1, m0, m1, self.eta2_m, self.dp,
+                                          self.pole_buf)
             north = self.pole_buf.reshape(b.npl, b.nr).copy()
         if b.south_row >= 0:
-            K.pole_diffusion_contrib(x2, b.south_row - 1, b.south_row, m0, m1, self.eta2_m, self.dp, self.pole_buf)
+            self.K.pole_diffusion_contrib(x2, b.south_row - 1, b.south_row, m0, m1, self.eta2_m, self.dp,
+                                          self.pole_buf)
             south = self.pole_buf.reshape(b.npl, b.nr).copy()
         ns, ss = d.poles.sums(north, south)
         return (None if ns is None else np.ascontiguousarray(ns * self.cap_n),
@@ -273,24 +292,24 @@ class DiffusionOperator:
         b = self.b
         x2, y2 = self._two(x), self._two(y)
         m0, m1 = b.m_own
-        K.diffusion_apply(x2, y2, b.r_int[0], b.r_int[1], m0, m1, b.nr, self.an, self.as_, self.s, self.pw, self.pe,
-                          self.eta_m)
+        self.K.diffusion_apply(x2, y2, b.r_int[0], b.r_int[1], m0, m1, b.nr, self.an, self.as_, self.s, self.pw,
+                               self.pe, self.eta_m)
         yn, ys = self._pole_values(x2)
         for r, v in ((b.north_row, yn), (b.south_row, ys)):
             if v is not None:
-                y2[r, m0:m1] = np.tile(v, b.npl)
+                y2[r, m0:m1] = self.xp.asarray(np.tile(v, b.npl))
 
     def sts_first(self, u0, dty0, ukm1, dt: float, mut1: float) -> None:
         """``dty0 = dt L(u0)``, ``ukm1 = u0 + mut1 dty0`` on the owned cells (``u0`` ghosts filled)."""
         b = self.b
         a, d, k = self._two(u0), self._two(dty0), self._two(ukm1)
         m0, m1 = b.m_own
-        K.sts_first(a, d, k, b.r_int[0], b.r_int[1], m0, m1, b.nr, self.an, self.as_, self.s, self.pw, self.pe,
-                    self.eta_m, dt, mut1)
+        self.K.sts_first(a, d, k, b.r_int[0], b.r_int[1], m0, m1, b.nr, self.an, self.as_, self.s, self.pw,
+                         self.pe, self.eta_m, dt, mut1)
         yn, ys = self._pole_values(a)
         for r, v in ((b.north_row, yn), (b.south_row, ys)):
             if v is not None:
-                K.pole_sts_first(a, d, k, r, m0, m1, b.nr, v, dt, mut1)
+                self.K.pole_sts_first(a, d, k, r, m0, m1, b.nr, v, dt, mut1)
 
     def sts_stage(self, ukm1, ukm2, u0, dty0, out, mu, nu, mutdt, gam) -> None:
         """``out = mu ukm1 + nu ukm2 + (1 - mu - nu) u0 + mutdt L(ukm1) + gam dty0`` (``ukm1`` ghosts filled)."""
@@ -298,12 +317,12 @@ class DiffusionOperator:
         k1, k2, z, d, o = (self._two(x) for x in (ukm1, ukm2, u0, dty0, out))
         m0, m1 = b.m_own
         w0 = 1.0 - mu - nu
-        K.sts_stage(k1, k2, z, d, o, b.r_int[0], b.r_int[1], m0, m1, b.nr, self.an, self.as_, self.s, self.pw,
-                    self.pe, self.eta_m, mu, nu, w0, mutdt, gam)
+        self.K.sts_stage(k1, k2, z, d, o, b.r_int[0], b.r_int[1], m0, m1, b.nr, self.an, self.as_, self.s, self.pw,
+                         self.pe, self.eta_m, mu, nu, w0, mutdt, gam)
         yn, ys = self._pole_values(k1)
         for r, v in ((b.north_row, yn), (b.south_row, ys)):
             if v is not None:
-                K.pole_sts_stage(k1, k2, z, d, o, r, m0, m1, b.nr, v, mu, nu, w0, mutdt, gam)
+                self.K.pole_sts_stage(k1, k2, z, d, o, r, m0, m1, b.nr, v, mu, nu, w0, mutdt, gam)
 
     def ptl_local(self, f, af, amax: float = None):
         """HipFT's practical-limit pieces on this rank: ``max |L f|`` (``amax`` None) or the local minimum ratio."""
@@ -312,5 +331,5 @@ class DiffusionOperator:
         m0, m1 = b.m_own
         r0, r1 = b.r_own
         if amax is None:
-            return K.ptl_max(f2, a2, r0, r1, m0, m1, 1e-14)
-        return K.ptl_min(f2, a2, r0, r1, m0, m1, b.nr, self.interior, amax, 1e-14, _HUGE)
+            return self.K.ptl_max(f2, a2, r0, r1, m0, m1, 1e-14)
+        return self.K.ptl_min(f2, a2, r0, r1, m0, m1, b.nr, self.interior, amax, 1e-14, _HUGE)
