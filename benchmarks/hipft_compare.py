@@ -119,7 +119,6 @@ def _floor(h: dict, col: str):
 
 
 def _n_realizations(deck: str) -> int:
-    sys.path.insert(0, os.getcwd())
     from solvers.flux_transport.hipft_namelist import read_namelist
 
     nl = read_namelist(os.path.join(deck, "hipft.in"), "hipft_input_parameters")

@@ -279,3 +279,16 @@ def test_map_decks_read_hipfts_initial_field(tmp_path, name):
         ref = read_history_file(os.path.join(DATA, name, f"hipft_history_sol_r{k + 1:06d}_first_last.out"))
         for col in ("BR_MIN", "BR_MAX", "BR_ABS_MIN"):
             assert values[col][k] == pytest.approx(ref[col][0], rel=1e-14, abs=1e-300), col
+
+
+def test_converter_command_writes_loadable_toml(tmp_path, capsys):
+    from solvers.flux_transport.hipft_deck import main
+
+    out = tmp_path / "run.toml"
+    assert main([_deck("diffuse_advect_soccer"), str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# converted from the HipFT deck") and "# note: verbose = 2" in text
+    assert load_config(str(out)).to_dict() == load_deck(_deck("diffuse_advect_soccer"))[0].to_dict()
+    bad = _write(tmp_path, "res_nt = 21 res_np = 41 advance_source = .true.", name="bad.in")
+    assert main([bad]) == 2
+    assert "advance_source = .true." in capsys.readouterr().err
