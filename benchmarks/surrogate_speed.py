@@ -93,6 +93,8 @@ def _theirs(model, x, y):
     from solvers.surrogates.torch_interop import append_grid, build_neuralop
 
     torch.set_num_threads(1)
+    # neuraloperator 0.3.0 indexes with lists (a deprecation warning per call on torch >= 2.9)
+    warnings.filterwarnings("ignore", category=UserWarning, message=".*non-tuple sequence.*")
     theirs = build_neuralop(model)
     opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
     loss = NopLpLoss(d=2, p=2, reductions="mean")
@@ -104,7 +106,7 @@ def _theirs(model, x, y):
         value = loss(theirs(tx), ty)
         value.backward()
         opt.step()
-        return float(value)
+        return float(value.detach())
 
     def forward():
         with torch.no_grad():

@@ -65,9 +65,25 @@ class Layer:
 
     name = "layer"
 
+    #: set by the owning model: the forward output / the input gradient may live in a
+    #: buffer this layer reuses on its next call (host only; never for arrays the model
+    #: hands back to its caller). Saves the page faults of fresh large temporaries.
+    reuse_output = False
+    reuse_grad = False
+
     def __init__(self):
         self.p: dict = {}
         self.g: dict = {}
+        self._buffers: dict = {}
+
+    def _out(self, xp, role: str, shape, dtype):
+        """A reusable host buffer for ``role`` ("y" or "dx") when allowed, else ``None``."""
+        if xp is not np or not (self.reuse_output if role == "y" else self.reuse_grad):
+            return None
+        buf = self._buffers.get(role)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = self._buffers[role] = np.empty(shape, dtype=dtype)
+        return buf
 
     def param_specs(self) -> list:
         """The parameters this layer owns, in buffer order."""
@@ -143,7 +159,9 @@ class Dense(Layer):
         xp = array_module(x)
         x3 = _channels_3d(x, "Dense")
         self._x = x3
-        y = xp.matmul(self.p["weight"], x3)
+        W = self.p["weight"]
+        out = self._out(xp, "y", (x3.shape[0], self.out_channels, x3.shape[2]), np.result_type(W.dtype, x3.dtype))
+        y = xp.matmul(W, x3, out=out)
         if self.bias:
             y += self.p["bias"][:, None]
         return y.reshape((x.shape[0], self.out_channels) + x.shape[2:])
@@ -165,7 +183,9 @@ class Dense(Layer):
             self.g["weight"] += xp.matmul(dy3, x3.transpose(0, 2, 1)).sum(axis=0)
         if self.bias:
             self.g["bias"] += dy3.sum(axis=(0, 2))
-        dx = xp.matmul(self.p["weight"].T, dy3)
+        W = self.p["weight"]
+        out = self._out(xp, "dx", (batch, self.in_channels, npts), np.result_type(W.dtype, dy3.dtype))
+        dx = xp.matmul(W.T, dy3, out=out)
         return dx.reshape((batch, self.in_channels) + dy.shape[2:])
 
     def clear(self):
@@ -294,9 +314,12 @@ class GELU(Layer):
     def forward(self, x):
         """``x * Phi(x)``, elementwise."""
         xp = array_module(x)
-        fwd = _host_gelu(x.dtype)[0] if xp is np else _device_gelu_kernel()[0]
         self._x = x
-        return fwd(x)
+        if xp is not np:
+            return _device_gelu_kernel()[0](x)
+        out = self._out(xp, "y", x.shape, x.dtype)
+        fwd = _host_gelu(x.dtype)[0]
+        return fwd(x) if out is None else fwd(x, out=out)
 
     def backward(self, dy):
         """``dy * gelu'(x)``."""
@@ -305,8 +328,12 @@ class GELU(Layer):
         if dy.shape != self._x.shape:
             raise ValueError(f"GELU.backward: dy shape {dy.shape} does not match the forward output {self._x.shape}")
         xp = array_module(dy)
-        bwd = _host_gelu(dy.dtype)[1] if xp is np else _device_gelu_kernel()[1]
-        return bwd(self._x, dy.astype(self._x.dtype, copy=False))
+        dy = dy.astype(self._x.dtype, copy=False)
+        if xp is not np:
+            return _device_gelu_kernel()[1](self._x, dy)
+        out = self._out(xp, "dx", dy.shape, dy.dtype)
+        bwd = _host_gelu(dy.dtype)[1]
+        return bwd(self._x, dy) if out is None else bwd(self._x, dy, out=out)
 
     def clear(self):
         """Drop the saved input."""

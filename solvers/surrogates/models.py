@@ -73,6 +73,7 @@ class Model:
         self.dtype = np.dtype(cfg["dtype"])
         self.layers = self._build(cfg)
         self._by_name = dict(self.layers)
+        self._enable_buffer_reuse()
         self._allocate()
         self.init_params(cfg["seed"])
 
@@ -88,6 +89,24 @@ class Model:
 
     def _backward(self, dy, ready):  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _enable_buffer_reuse(self):
+        """Let layers reuse their output / input-gradient buffers between steps.
+
+        Safe because within one forward (backward) pass every layer runs once and its
+        buffer is consumed before that layer runs again; the arrays handed back to the
+        caller (the last layer's output, the first layer's input gradient) are excluded.
+        """
+        names = [n for n, _ in self.layers]
+        for name, layer in self.layers:
+            layer.reuse_output = name not in self._escaping_outputs(names)
+            layer.reuse_grad = name not in self._escaping_grads(names)
+
+    def _escaping_outputs(self, names):
+        return {names[-1]}
+
+    def _escaping_grads(self, names):
+        return {names[0]}
 
     # -- buffers ------------------------------------------------------------------------
     def _allocate(self, xp=np):
