@@ -17,7 +17,7 @@ The loss is the relative L2 error of each *whole* sample: per-sample squared nor
 and of the target are summed over the ranks (one small allreduce), so the loss and its gradient
 are exactly those of the stitched prediction; the parameter gradients, one contribution per
 patch, are summed over the ranks with :class:`DataParallel`'s bucketed ring allreduce (so the
-model stays identical on every rank).
+model stays identical on every rank). The patch assembly and the loss run on host (NumPy) arrays.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class DomainTrainer(Trainer):
 
     def predict_patch(self, x):
         """Decoded prediction on this rank's patch interior. Not collective."""
-        out = self.patches.crop(self.model.forward(x))
+        out = self.patches.crop(getattr(self.model, "predict", self.model.forward)(x))
         return self.normalizer.decode(out) if self.normalizer is not None else out
 
     def train_step(self, index) -> tuple:
@@ -263,11 +263,14 @@ class DomainTrainer(Trainer):
 
 
 def activation_bytes(model, x, dy_scale: float = 1.0) -> dict:
-    """Peak bytes NumPy allocates during one forward and backward of ``model`` on ``x`` (traced
-    with ``tracemalloc``, which NumPy reports to), beyond the input. Not collective.
+    """Peak bytes NumPy allocates during one forward and backward of a fresh copy of ``model`` on
+    ``x`` (traced with ``tracemalloc``, which NumPy reports to), beyond the input. Not collective.
 
-    Returns ``{"peak_bytes", "forward_s", "backward_s"}``.
+    A fresh copy, because layers keep work buffers between steps: a model that already ran would
+    allocate less during the measured call than it holds. Returns ``{"peak_bytes", "forward_s",
+    "backward_s"}``.
     """
+    model = model.copy() if hasattr(model, "copy") else model
     was = tracemalloc.is_tracing()
     if not was:
         tracemalloc.start()

@@ -157,7 +157,8 @@ class Trainer:
 
     def predict(self, x):
         """Model output in the units of ``y`` (decoded when normalized). Not collective."""
-        out = self.model.forward(x)
+        run = getattr(self.model, "predict", self.model.forward)  # predict keeps no activations
+        out = run(x)
         return self.normalizer.decode(out) if self.normalizer is not None else out
 
     def train_step(self, index) -> tuple:
