@@ -102,13 +102,13 @@ def test_trains_end_to_end_same_model_everywhere():
     comm = MPI.COMM_WORLD
     P = MultigridPatches(comm, (16, 16), padding=2, levels=1)
     t = DomainTrainer(build_model(model_cfg(1)), P, smooth_data(24), smooth_data(6, seed=1),
-                      TrainConfig(epochs=4, batch_size=8, lr=1e-2), log=False)
+                      TrainConfig(epochs=4, batch_size=8, lr=1e-2, normalize_output=False), log=False)
     before = t.evaluate(t.tests["test"])
     t.fit()
     after = t.history[-1]["test"]["test"]
     x, _ = t._patch_batch(t.train, np.arange(4))
     mem = activation_bytes(t.model, x)
-    learned = after < 0.9 * before and t.history[-1]["train_loss"] < t.history[0]["train_loss"]
+    learned = after < 0.5 * before and t.history[-1]["train_loss"] < t.history[0]["train_loss"]
     verdict(comm, t.parallel.same_on_every_rank() and learned and mem["peak_bytes"] > 0,
             f"test error {before:.3f} -> {after:.3f}, same {t.parallel.same_on_every_rank()}")
     P.free()
