@@ -59,9 +59,17 @@ def cp_rank(shape, rank: float) -> int:
     return max(int(np.round(np.prod(shape) * rank / np.sum(shape))), 1)
 
 
+_PATHS: dict = {}
+
+
 def _einsum(xp, spec, *ops):
+    """``einsum`` with NumPy's contraction path found once per (spec, shapes) and reused."""
     if xp is np:
-        return np.einsum(spec, *ops, optimize=True)
+        key = (spec,) + tuple(op.shape for op in ops)
+        path = _PATHS.get(key)
+        if path is None:
+            path = _PATHS[key] = np.einsum_path(spec, *ops, optimize="greedy")[0]
+        return np.einsum(spec, *ops, optimize=path)
     return xp.einsum(spec, *ops)
 
 
