@@ -206,8 +206,10 @@ def run_hipft(args, markdown: bool = False) -> int:
     if rank == 0:
         print("# flux transport phases, HipFT and solvers.flux_transport side by side (same decks, same run)")
         for line in machine_lines(MPI):
-            print("# " + line)
-        print(f"# load average at end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in loads[-1])}")
+            if not line.startswith("load average"):
+                print("# " + line)
+        for when, load in (("start of the timed samples", loads[0]), ("end", loads[-1])):
+            print(f"# load average at {when} (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load)}")
         print(f"# map {args.map} ({cells} cells); advection: AFT flows, attenuation 500 G, dt {dt_adv:.4g} h "
               f"x {args.steps}; diffusion: eta 500 km^2/s, dt {dt_diff:g} h x {args.steps} (HipFT's PTL "
               "sub-cycling and RKG2 stage rule in both codes); HipFT on 1 rank (OpenMPI), ours on 1 and "
@@ -237,7 +239,7 @@ def run_hipft(args, markdown: bool = False) -> int:
                 rows.append([kind, code, ranks, steps, stages, t, upd / 1e6, upd / ranks / upd_ref, upd / upd_ref,
                              upd_col])
         print(format_table(COLUMNS, rows, markdown=markdown))
-        print(f"# reproduce: mpiexec -n {size} python -m benchmarks flux --hipft {args.hipft} --steps {args.steps} "
-              f"--samples {args.samples}")
+        print(f"# reproduce: mpiexec -n {size} python -m benchmarks{' --markdown' if markdown else ''} flux --hipft "
+              f"{args.hipft} --steps {args.steps} --samples {args.samples}")
         print(f"# decks and HipFT's outputs: {folder}")
     return 0
