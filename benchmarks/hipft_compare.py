@@ -71,6 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mpirun", default="mpirun.openmpi", help="OpenMPI launcher for HipFT")
     p.add_argument("--mpiexec", default="mpiexec", help="launcher for ours (the mpi4py MPI's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="--set for our runs (repeatable)")
+    p.add_argument("--time-end", type=float, default=None, metavar="H",
+                   help="shorten every deck to end at H hours (both codes; for timing runs)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run the pair N times, alternating HipFT and ours (timings: each pair and the median "
+                        "ratio; the comparison uses the last pair)")
 
 
 def read_history_file(path: str) -> dict:
@@ -144,6 +149,14 @@ def _run_hipft(args, name, inp, folder, ranks) -> float:
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     shutil.copytree(inp, folder)
+    if args.time_end is not None:
+        deck = os.path.join(folder, "hipft.in")
+        with open(deck) as fh:
+            text = fh.read()
+        # a later assignment wins in a namelist: add it before the closing '/'
+        text = re.sub(r"^\s*/\s*$", f"  time_end = {args.time_end!r}\n/", text, count=1, flags=re.M)
+        with open(deck, "w") as fh:
+            fh.write(text)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
                GLIBC_TUNABLES=GLIBC_TUNABLES)
     cmd = [args.mpirun, "-x", "GLIBC_TUNABLES", "-x", "OMP_NUM_THREADS", "--bind-to", "none", "--oversubscribe",
@@ -166,6 +179,8 @@ def _run_ours(args, name, inp, folder, ranks) -> tuple:
            os.path.join(inp, "hipft.in"), "--out", folder]
     for o in args.overrides:
         cmd += ["--set", o]
+    if args.time_end is not None:
+        cmd += ["--set", f"time.end_h={args.time_end!r}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout,
@@ -270,14 +285,19 @@ def run(args, markdown: bool = False) -> int:
                 if ref is None:
                     raise RuntimeError(f"{name}: no reference/ folder to compare against")
                 hdir, h_wall, h_label = ref, math.nan, "HipFT's stored reference"
-            elif args.reuse_hipft and os.path.exists(os.path.join(hdir, "hipft_history_sol_r000001.out")):
-                h_wall, h_label = math.nan, "HipFT's earlier run in --work"
-            else:
-                h_wall = _run_hipft(args, name, inp, hdir, h_ranks)
-            if args.reuse_ours and os.path.exists(os.path.join(odir, "hipft_history_sol_r000001.out")):
-                o_wall, o_solver = math.nan, math.nan
-            else:
-                o_wall, o_solver = _run_ours(args, name, inp, odir, args.ranks)
+            pairs = []
+            for _ in range(max(1, args.repeat)):
+                if args.only_ours:
+                    pass
+                elif args.reuse_hipft and os.path.exists(os.path.join(hdir, "hipft_history_sol_r000001.out")):
+                    h_wall, h_label = math.nan, "HipFT's earlier run in --work"
+                else:
+                    h_wall = _run_hipft(args, name, inp, hdir, h_ranks)
+                if args.reuse_ours and os.path.exists(os.path.join(odir, "hipft_history_sol_r000001.out")):
+                    o_wall, o_solver = math.nan, math.nan
+                else:
+                    o_wall, o_solver = _run_ours(args, name, inp, odir, args.ranks)
+                pairs.append((h_wall, _hipft_wall(hdir), o_wall, o_solver, os.getloadavg()[0]))
             rows = compare_deck(hdir, odir, n, args.precision)
         except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError) as exc:
             print(f"\n== {name}: ERROR {exc}")
@@ -287,18 +307,23 @@ def run(args, markdown: bool = False) -> int:
                      args.precision, markdown))
         if any(checked and not ok for _, _, _, _, _, checked, ok in rows):
             status = 1
-        timings.append((name, h_ranks, args.ranks, h_wall, _hipft_wall(hdir), o_wall, o_solver))
+        for hw, ht, ow, ol, la in pairs:
+            timings.append((name, h_ranks, args.ranks, hw, ht, ow, ol, la))
     if timings:
         print("\n" + ("| deck | ranks (HipFT/ours) | HipFT wall s (its own timer) | ours wall s (solver loop) | "
-                      "ours / HipFT |\n|---|---|---|---|---|" if markdown else
+                      "ours / HipFT | load after |\n|---|---|---|---|---|---|" if markdown else
                       f"{'deck':<30s} {'ranks':>7s} {'HipFT s':>10s} {'(timer)':>9s} {'ours s':>9s} {'(loop)':>9s} "
-                      f"{'ours/HipFT':>10s}"))
-        for name, hr, orr, hw, ht, ow, ol in timings:
+                      f"{'ours/HipFT':>10s} {'load':>6s}"))
+        for name, hr, orr, hw, ht, ow, ol, la in timings:
             ratio = ow / hw if hw and math.isfinite(hw) else math.nan
             if markdown:
-                print(f"| {name} | {hr}/{orr} | {hw:.1f} ({ht:.1f}) | {ow:.1f} ({ol:.1f}) | {ratio:.2f} |")
+                print(f"| {name} | {hr}/{orr} | {hw:.1f} ({ht:.1f}) | {ow:.1f} ({ol:.1f}) | {ratio:.2f} | {la:.1f} |")
             else:
-                print(f"{name:<30s} {hr:>3d}/{orr:<3d} {hw:>10.1f} {ht:>9.1f} {ow:>9.1f} {ol:>9.1f} {ratio:>10.2f}")
+                print(f"{name:<30s} {hr:>3d}/{orr:<3d} {hw:>10.1f} {ht:>9.1f} {ow:>9.1f} {ol:>9.1f} {ratio:>10.2f} "
+                      f"{la:>6.1f}")
+        ratios = [t[5] / t[3] for t in timings if t[3] and math.isfinite(t[3]) and math.isfinite(t[5])]
+        if len(ratios) > 1:
+            print(f"# median ours/HipFT over {len(ratios)} pairs: {float(np.median(ratios)):.2f}")
     load = os.getloadavg()
     print(f"# load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return status
