@@ -361,8 +361,8 @@ def _clean_env() -> dict:
     """The environment without the launcher's PMI/Hydra variables (a child must not join our MPI job)."""
     import re
 
-    leaky = re.compile(r"^(PMI_|PMIX_|PMI2_|HYDRA_|HYDI_|MPIR_CVAR_CH4_ROOTS|MPI_LOCALRANKID|MPI_LOCALNRANKS|OMPI_|PRTE_|"
-                       r"SLURM_)")
+    leaky = re.compile(r"^(PMI_|PMIX_|PMI2_|HYDRA_|HYDI_|MPIR_CVAR_CH4_ROOTS|MPI_LOCALRANKID|MPI_LOCALNRANKS|"
+                       r"OMPI_|PRTE_|SLURM_)")
     env = {k: v for k, v in os.environ.items() if not leaky.match(k)}
     env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
     return env
