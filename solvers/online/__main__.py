@@ -1,4 +1,4 @@
-"""Command line of online training.
+r"""Command line of online training.
 
 ::
 
@@ -49,6 +49,7 @@ def _options(items):
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m solvers.online", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -79,6 +80,9 @@ def main(argv=None) -> int:
         print(f"mpicc -O2 -I{here} your_code.c {here}/hpcore_online.c -o your_code")
         return 0
 
+    # MPICH: its UCX netmod crashes or hangs in connect/accept between separate jobs (measured with
+    # the 5.0.2 wheel); OFI works. Members inherit the setting. Other MPIs ignore the variable.
+    os.environ.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
     from mpi4py import MPI
 
     handler = logging.StreamHandler(sys.stdout)
@@ -99,7 +103,11 @@ def main(argv=None) -> int:
 
     comm, world, _ = _world_split()
     rank = comm.Get_rank()
-    logger.setLevel(logging.INFO if rank == 0 and not getattr(args, "quiet", False) else logging.WARNING)
+    debug = os.environ.get("HPCORE_ONLINE_DEBUG", "") not in ("", "0")
+    if debug:
+        handler.setFormatter(logging.Formatter(f"%(relativeCreated)9.0f ms [trainer {rank}] %(message)s"))
+    logger.setLevel(logging.DEBUG if debug else
+                    logging.INFO if rank == 0 and not getattr(args, "quiet", False) else logging.WARNING)
     try:
         study = load_study(args.study, args.overrides)
     except (StudyError, OSError, ValueError) as exc:
@@ -145,11 +153,18 @@ def main(argv=None) -> int:
     member_comm = comm.Split(group, comm.Get_rank())
     design = ParameterSampler(study.parameters.bounds, study.parameters.method, study.study.seed).design(
         study.study.members)
-    solver = study.study.command[-1]
-    options = study.data.solver
-    for mid in mpmd_members(study.study.members, comm.Get_size() // k, group):
-        os.environ.update(member_environment(port_file, mid, 0, design[mid], study))
-        MEMBERS[solver](member_comm, tuple(design[mid]), **options)
+    words = study.study.command
+    solver = words[words.index("member") + 1] if "member" in words else words[-1]
+    try:
+        if solver not in MEMBERS:
+            raise ValueError(f"study.command: MPMD clients run a built-in member ({sorted(MEMBERS)}), got {solver!r}")
+        for mid in mpmd_members(study.study.members, comm.Get_size() // k, group):
+            os.environ.update(member_environment(port_file, mid, 0, design[mid], study))
+            MEMBERS[solver](member_comm, tuple(design[mid]), **study.data.solver)
+    except Exception as exc:  # noqa: BLE001 - one launch: a failed client ends it, nothing waits forever
+        print(f"solvers.online client (world rank {world.Get_rank()}): {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+        world.Abort(1)
     return 0
 
 

@@ -56,9 +56,11 @@ class Buffer:
         return len(self.x)
 
     def has_room(self) -> bool:
+        """Whether a new sample can be added now (back-pressure asks this)."""
         return len(self.x) < self.capacity
 
     def add(self, x, y, key) -> None:
+        """Add one sample ``(x, y)`` with its ``(member, time_step)`` key."""
         if not self.has_room():
             raise RuntimeError(f"{self.policy} buffer is full ({self.capacity} samples)")
         self.x.append(x)
@@ -87,6 +89,7 @@ class Buffer:
         return len(idx)
 
     def batch(self, n: int):
+        """Draw up to ``n`` samples as stacked ``(x, y)`` arrays, per the policy."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -104,6 +107,7 @@ class Buffer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (policy and capacity must match)."""
         meta = json.loads(state["meta"])
         if meta["policy"] != self.policy or meta["capacity"] != self.capacity:
             raise ValueError(f"buffer checkpoint is {meta['policy']}/{meta['capacity']}, this buffer is "
@@ -122,6 +126,7 @@ class FIFOBuffer(Buffer):
     policy = "fifo"
 
     def batch(self, n: int):
+        """Draw up to ``n`` samples as stacked ``(x, y)`` arrays, per the policy."""
         idx = list(range(min(n, len(self.x))))
         out = self._gather(idx)
         self._remove(idx)
@@ -134,9 +139,11 @@ class FIROBuffer(Buffer):
     policy = "firo"
 
     def can_batch(self, final: bool) -> bool:
+        """Whether a batch can be drawn now (``final``: no more data will arrive)."""
         return len(self.x) >= (1 if final else self.watermark)
 
     def batch(self, n: int):
+        """Draw up to ``n`` samples as stacked ``(x, y)`` arrays, per the policy."""
         k = min(n, len(self.x))
         idx = sorted(self.rng.choice(len(self.x), size=k, replace=False).tolist())
         out = self._gather(idx)
@@ -150,9 +157,11 @@ class ReservoirBuffer(Buffer):
     policy = "reservoir"
 
     def has_room(self) -> bool:
+        """Whether a new sample can be added now (back-pressure asks this)."""
         return len(self.x) < self.capacity or any(u > 0 for u in self.uses)
 
     def add(self, x, y, key) -> None:
+        """Add one sample ``(x, y)`` with its ``(member, time_step)`` key."""
         if len(self.x) < self.capacity:
             return super().add(x, y, key)
         used = [i for i, u in enumerate(self.uses) if u > 0]
@@ -164,9 +173,11 @@ class ReservoirBuffer(Buffer):
         self.evicted += 1
 
     def can_batch(self, final: bool) -> bool:
+        """Whether a batch can be drawn now (``final``: no more data will arrive)."""
         return len(self.x) >= (1 if final else self.watermark)
 
     def batch(self, n: int):
+        """Draw up to ``n`` samples as stacked ``(x, y)`` arrays, per the policy."""
         k = min(n, len(self.x))
         idx = sorted(self.rng.choice(len(self.x), size=k, replace=False).tolist())
         return self._gather(idx)

@@ -103,8 +103,16 @@ class Client:
 
         agree(comm, error)
         ports = comm.bcast(ports, root=0)
-        if self.rank == 0:  # ask the trainer to accept (it does between two training steps)
+        if self.rank == 0:  # ask the trainer to accept (between two of its steps); connect on its answer
             open(f"{server}.connect-{self.member}-{self.attempt}", "w").close()
+            go = f"{server}.go-{self.member}-{self.attempt}"
+            deadline = time.monotonic() + self.timeout_s
+            while not os.path.exists(go):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"member {self.member}: the trainer did not answer the connect request "
+                                       f"in {self.timeout_s} s (HPCORE_ONLINE_TIMEOUT_S)")
+                time.sleep(1e-3)
+            os.remove(go)
         self.inter = comm.Connect(ports[0], MPI.INFO_NULL, 0)
         self.inter.Set_errhandler(MPI.ERRORS_RETURN)
         self.n_trainers = self.inter.Get_remote_size()
@@ -164,6 +172,18 @@ class Client:
         msg = P.pack_message(header)
         for dest in range(self.n_trainers):
             self.inter.Send(msg, dest, P.TAG_DATA)
+        deadline = time.monotonic() + self.timeout_s
+        for dest in range(self.n_trainers):  # drain credits up to the trainer's acknowledgement (-1)
+            while True:
+                if self.inter.Iprobe(dest, P.TAG_CREDIT):
+                    self.inter.Recv(self._credit_buf, dest, P.TAG_CREDIT)
+                    if self._credit_buf[0] < 0:
+                        break
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"rank {self.rank}/{self.size} of member {self.member}: no goodbye from "
+                                       f"trainer rank {dest} in {self.timeout_s} s")
+                else:
+                    time.sleep(2e-4)
         self.inter.Disconnect()
         self.inter = None
 

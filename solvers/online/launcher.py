@@ -4,9 +4,9 @@ Two ways to start members (``study.launcher``):
 
 - ``subprocess`` (default, survives a killed member): each member is its own
   ``mpiexec -n ranks_per_member COMMAND`` job in its own process group; it connects
-  to the trainer's ports (``MPI_Comm_connect``). A member whose job exits non-zero,
-  runs longer than ``member_timeout_s`` or sends nothing for ``silence_timeout_s``
-  is killed (the whole process group) and counted failed.
+  to the trainer's port (``MPI_Comm_connect``). A member whose job exits non-zero,
+  runs longer than ``member_timeout_s`` or, after its first message, sends nothing
+  for ``silence_timeout_s`` is killed (the whole process group) and counted failed.
 - ``mpmd``: members are started with the trainer in one ``mpiexec ... : ...``
   line and pick their members themselves (:func:`mpmd_members`); no retries.
 
@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -71,6 +73,7 @@ class Launcher:
         self.finished_elsewhere: set = set()  # (member, attempt) that every trainer rank saw finish
         self.failures = 0
         self.mode = study.study.launcher
+        self.started = time.time()
         if self.mode == "mpmd":  # members start with the trainer: all running from the start, never retried
             for rec in self.records.values():
                 rec["state"], rec["tries"] = "running", 1
@@ -79,6 +82,7 @@ class Launcher:
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def state(self) -> str:
+        """Member bookkeeping as JSON (for checkpoints)."""
         return json.dumps({"records": {str(k): v for k, v in self.records.items()}, "queue": self.queue,
                            "failures": self.failures, "sampler": self.sampler.state()})
 
@@ -95,6 +99,7 @@ class Launcher:
         self.sampler.load_state(d["sampler"])
 
     def counts(self) -> dict:
+        """Members per state (pending, running, done) and the failure count."""
         c = {"pending": 0, "running": 0, "done": 0}
         for r in self.records.values():
             c[r["state"]] = c.get(r["state"], 0) + 1
@@ -102,6 +107,7 @@ class Launcher:
         return c
 
     def all_done(self) -> bool:
+        """Whether every member finished."""
         return all(r["state"] == "done" for r in self.records.values())
 
     # -- starting and watching -------------------------------------------------------------------
@@ -113,7 +119,15 @@ class Launcher:
         env = member_environment(self.port_file, m, rec["attempt"], rec["params"], self.study)
         if self.mode == "subprocess":
             log_path = os.path.join(s.run_dir, f"member-{m}-{rec['attempt']}.log")
-            cmd = [s.mpiexec, "-n", str(s.ranks_per_member), *self.study.member_command()]
+            subst = {"{member}": str(m), "{attempt}": str(rec["attempt"]),
+                     **{f"{{p{i}}}": repr(float(p)) for i, p in enumerate(rec["params"])}}
+            here = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the MPI beside this Python
+            launcher = s.mpiexec.replace("{mpiexec}", here if os.path.exists(here) else "mpiexec")
+            cmd = [*shlex.split(launcher), "-n", str(s.ranks_per_member)]
+            for word in self.study.member_command():
+                for k, v in subst.items():
+                    word = word.replace(k, v)
+                cmd.append(word)
             with open(log_path, "w") as out:
                 proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -161,6 +175,10 @@ class Launcher:
             for m, rec in self.records.items():
                 if rec["state"] == "running" and (m, 0) in finished:
                     rec["state"] = "done"
+            late = [m for m, r in self.records.items() if r["state"] == "running"]
+            if late and now - self.started > s.member_timeout_s:
+                raise TimeoutError(f"members {late} of an MPMD launch did not finish within "
+                                   f"member_timeout_s={s.member_timeout_s} (no retries in MPMD)")
             return failed
         for m, info in list(self.running.items()):
             if self.mode == "subprocess":
@@ -172,15 +190,23 @@ class Launcher:
                     else:
                         failed.append(self._fail(m, f"exit code {rc}"))
                     continue
-            seen = max(last_seen.get(m, 0.0), info["start"])
+            seen = last_seen.get(m, 0.0)  # silence counts from the first message: start-up may be slow
             if now - info["start"] > s.member_timeout_s:
                 failed.append(self._fail(m, f"ran longer than member_timeout_s={s.member_timeout_s}"))
-            elif now - seen > s.silence_timeout_s:
+            elif seen > info["start"] and now - seen > s.silence_timeout_s:
                 failed.append(self._fail(m, f"silent for silence_timeout_s={s.silence_timeout_s}"))
         while self.queue and len(self.running) < s.concurrency:
             self._start(self.queue.pop(0))
         return failed
 
+    def is_running(self, member: int, attempt: int) -> bool:
+        """Whether (member, attempt) is the live try of a running member (MPMD: always)."""
+        if self.mode == "mpmd":
+            return True
+        info = self.running.get(member)
+        return info is not None and info["attempt"] == attempt and info["proc"].poll() is None
+
     def shutdown(self) -> None:
+        """Kill every running member (end of training)."""
         for m in list(self.running):
             self._kill(self.running.pop(m))

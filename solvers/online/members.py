@@ -70,27 +70,35 @@ def heat1d(comm, params, n: int = 32, steps: int = 20, substeps: int = 20) -> No
     client.finalize()
 
 
-def darcy(comm, params, resolution: int = 16, samples: int = 16) -> None:
-    """Darcy flow members: ``samples`` coefficient fields drawn from the member's parameters.
+def darcy(comm, params, resolution: int = 16, samples: int = 16, sink=None) -> None:
+    """Darcy flow member: ``samples`` coefficient fields of one GRF parameter set, solved distributed.
 
-    Collective on ``comm``. ``params = (alpha, tau, seed)`` of the Gaussian random
-    field (rounded seed); sends ``"a"`` (coefficient) and ``"u"`` (solution), each
-    ``resolution**2`` values from rank 0 (other ranks send 0 values), one sample
-    per "time step". The solve itself is :mod:`solvers.surrogates.darcy`'s.
+    Collective on ``comm``. ``params = (alpha, tau)`` of the Gaussian random field
+    (:func:`solvers.surrogates.darcy.darcy_coefficient`); sample ``t`` uses GRF seed
+    ``member * 10007 + t``. Sends ``"a"`` (coefficient) and ``"u"`` (solution),
+    ``resolution**2`` values each, from rank 0 (other ranks send 0 values; the solve
+    itself is split over ``comm`` by :class:`solvers.surrogates.darcy.DarcySolver`).
+    ``sink``: an object with ``init``/``send``/``finalize`` (default: the online client;
+    the offline benchmark passes an HDF5 writer).
     """
-    from solvers.surrogates import darcy as d
+    from solvers.surrogates.darcy import DarcySolver
 
+    sink = client if sink is None else sink
+    member = int(client.environment()["member"]) if sink is client else int(getattr(sink, "member", 0))
     alpha, tau = float(params[0]), float(params[1])
-    seed = round(params[2]) if len(params) > 2 else 0
     rank = comm.Get_rank()
     n_local = resolution * resolution if rank == 0 else 0
-    client.init("a", n_local, comm)
-    client.init("u", n_local, comm)
-    for t in range(samples):
-        a, u = d.member_sample(comm, resolution, alpha=alpha, tau=tau, seed=seed * 100003 + t)
-        client.send("a", a.ravel() if rank == 0 else np.zeros(0), t)
-        client.send("u", u.ravel() if rank == 0 else np.zeros(0), t)
-    client.finalize()
+    sink.init("a", n_local, comm)
+    sink.init("u", n_local, comm)
+    with DarcySolver(comm, resolution) as solver:
+        d = solver.decomposition
+        for t in range(samples):
+            a_local = solver.coefficient(member * 10007 + t, alpha=alpha, tau=tau)
+            u_local, _ = solver.solve(a_local, 1.0)
+            a, u = d.gather(a_local), d.gather(u_local)
+            sink.send("a", a.ravel() if rank == 0 else np.zeros(0), t)
+            sink.send("u", u.ravel() if rank == 0 else np.zeros(0), t)
+    sink.finalize()
 
 
 def flux(comm, params, steps: int = 8, hours_per_step: float = 6.0) -> None:

@@ -10,11 +10,13 @@ the intercommunicator made by ``MPI_Comm_connect``/``MPI_Comm_accept``: a fixed
     double params[8]                              (8 x 8 bytes)
     char   field[32]                              (NUL-padded name)
 
-Flow control is credit based: on accept, the trainer rank sends every client rank
+Flow control is credit based: on accept, every trainer rank sends every member rank
 ``window`` credits (tag :data:`TAG_CREDIT`, one int64); each data message costs one
-credit; the trainer returns a credit when the message's sample entered its buffer
-(or was dropped). A client with no credit waits in ``send``: back-pressure instead
-of unbounded memory.
+credit; the trainer returns credits as it receives (or, when its staging queue is
+full, as it takes) samples. A client with no credit waits in ``send``:
+back-pressure instead of unbounded memory. ``finalize`` sends ``BYE`` to every
+trainer rank and drains credits until each answers -1 (its last message), then
+disconnects.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ class ParameterSampler:
 
     @property
     def dim(self) -> int:
+        """Number of parameters."""
         return self.bounds.shape[0]
 
     def design(self, n: int) -> np.ndarray:
@@ -63,7 +64,9 @@ class ParameterSampler:
         return self.bounds[:, 0] + unit * (self.bounds[:, 1] - self.bounds[:, 0])
 
     def state(self) -> str:
+        """The redraw generator's state as JSON."""
         return json.dumps(self.redraw_rng.bit_generator.state)
 
     def load_state(self, text: str) -> None:
+        """Restore :meth:`state`."""
         self.redraw_rng.bit_generator.state = json.loads(text)

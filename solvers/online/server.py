@@ -2,10 +2,11 @@
 
 Trainer rank 0 opens an MPI port and writes it to the port file that members
 read (:func:`solvers.online.client.read_ports`). A member's rank 0 first creates
-``<port file>.connect-<member>-<attempt>`` and then calls ``MPI_Comm_connect``;
-the trainer sees that file between two steps and all trainer ranks call
-``MPI_Comm_accept`` together (the member is already waiting, so this takes
-milliseconds). The result is one intercommunicator per member whose remote group
+``<port file>.connect-<member>-<attempt>``; the trainer sees that file between two
+steps, rank 0 answers with ``<port file>.go-<member>-<attempt>`` and all trainer
+ranks call ``MPI_Comm_accept`` together; the member calls ``MPI_Comm_connect`` when
+it sees the answer, so the accept waits milliseconds and members connect one at a
+time. The result is one intercommunicator per member whose remote group
 is the member's ranks: a time step goes to trainer rank ``(member + t) % n``.
 
 Why not accept in a thread: with the MPICH 5.0.2 wheel a thread blocked in
@@ -20,10 +21,17 @@ waits for a member: the main thread takes complete samples between steps
 (:meth:`Receiver.take`). This needs ``MPI_THREAD_MULTIPLE`` (mpi4py's default
 request; the MPICH wheel provides it).
 
-Credits: on accept every trainer rank sends each member rank ``window`` credits;
-a credit goes back when its message's sample has been taken by the trainer (or
-dropped), so a member never has more than ``window`` messages in flight per
-trainer rank and waits in ``send`` when the trainer's buffer is full.
+Credits: on accept every trainer rank sends each member rank ``window`` credits
+(tag :data:`~solvers.online.protocol.TAG_CREDIT`, one int64).
+A credit goes back as soon as its message is received while fewer than
+``stage_limit`` complete samples wait to be taken; otherwise only when the trainer
+takes the sample. So memory per trainer rank is bounded (``stage_limit`` samples
+plus ``window`` messages per member rank) and members wait in ``send`` when the
+trainer falls behind. (Returning credits only on take deadlocks a run that takes
+a fixed number of samples per step: a member blocked on one rank's credit cannot
+feed the rank that waits for data.) A member rank's goodbye is answered with -1 on the
+credit tag, the last message the trainer sends it: the member drains its credits up
+to that mark before ``MPI_Comm_disconnect`` (which refuses unmatched messages).
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ class _Conn:
         self.member = None
         self.attempt = None
         self.byes = 0
+        self.bye_ranks: set = set()
         self.dead = False
         self.closed = False
 
@@ -92,9 +101,13 @@ class Receiver:
         Samples already taken before (a restart): new copies are dropped.
     """
 
-    def __init__(self, fields, window: int = 4, seen=None):
+    def __init__(self, fields, window: int = 4, seen=None, mode: str = "poll", stage_limit: int = 64):
         if int(window) < 1:
             raise ValueError(f"window: expected >= 1 credit, got {window}")
+        if mode not in ("poll", "thread"):
+            raise ValueError(f"mode: expected 'poll' or 'thread', got {mode!r}")
+        self.mode = mode
+        self.stage_limit = int(stage_limit)
         self.fields = tuple(fields)
         self.window = int(window)
         self.seen = set(seen or ())
@@ -125,9 +138,20 @@ class Receiver:
         self.port_file = path
         self.port = MPI.Open_port() if comm.Get_rank() == 0 else ""
         publish_ports(comm, self.port, path)
-        t = threading.Thread(target=self._receive_loop, name="online-receiver", daemon=True)
-        t.start()
-        self._threads.append(t)
+        if self.mode == "thread":
+            t = threading.Thread(target=self._receive_loop, name="online-receiver", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def poll(self, max_messages: int = 1 << 20) -> int:
+        """In ``poll`` mode: receive what has arrived (non-blocking probes), up to ``max_messages``
+        rounds. Not collective."""
+        MPI = mpi()
+        status = MPI.Status()
+        rounds = 0
+        while rounds < max_messages and self._receive_once(MPI, status):
+            rounds += 1
+        return rounds
 
     def connecting(self) -> list:
         """Member tries waiting in ``MPI_Comm_connect`` (their request files, removed here). Rank 0 only."""
@@ -140,9 +164,19 @@ class Receiver:
             found.append((m, a))
         return found
 
-    def accept(self) -> None:
-        """Accept one waiting member on every trainer rank and grant its credits. Collective on ``comm``."""
+    def accept(self, member: int, attempt: int) -> None:
+        """Accept member try (member, attempt), which asked to connect, and grant its credits.
+
+        Collective on ``comm``. Rank 0 first writes ``<port file>.go-<member>-<attempt>``; the
+        member connects only when it sees that file, so one connection is made at a time
+        (MPICH's OFI netmod crashed in accept when two members connected at once: measured).
+        """
         MPI = mpi()
+        if self.comm.Get_rank() == 0:
+            go = f"{self.port_file}.go-{member}-{attempt}"
+            with open(go + ".tmp", "w"):
+                pass
+            os.replace(go + ".tmp", go)
         with self.mpi_lock:  # UCX-MPICH hangs when a thread probes during an accept (measured)
             inter = self.comm.Accept(self.port if self.comm.Get_rank() == 0 else None, MPI.INFO_NULL, 0)
             inter.Set_errhandler(MPI.ERRORS_RETURN)
@@ -188,10 +222,12 @@ class Receiver:
     def _receive_once(self, MPI, status) -> bool:
         busy = False
         while self.credit_queue:
-            conn, rank = self.credit_queue.popleft()
+            conn, rank, *ack = self.credit_queue.popleft()
+            if rank in conn.bye_ranks and not ack:  # after the goodbye only its acknowledgement goes out
+                continue
             if not (conn.dead or conn.closed):
                 try:
-                    conn.inter.Send(np.ones(1, dtype=np.int64), rank, P.TAG_CREDIT)
+                    conn.inter.Send(np.array([-1 if ack else 1], dtype=np.int64), rank, P.TAG_CREDIT)
                 except Exception as exc:  # noqa: BLE001 - a member died meanwhile
                     self.errors.append(f"credit to member {conn.member}: {exc}")
             busy = True
@@ -206,6 +242,7 @@ class Receiver:
             except Exception as exc:  # noqa: BLE001 - a member died: its connection is abandoned
                 conn.dead = True
                 self.errors.append(f"member {conn.member}: {exc}")
+                log.warning("connection of member %s abandoned: %s", conn.member, exc)
                 continue
             busy = True
             self._handle(conn, buf)
@@ -222,6 +259,8 @@ class Receiver:
                 return
             if header.kind == P.KIND_BYE:
                 conn.byes += 1
+                conn.bye_ranks.add(header.rank)
+                self.credit_queue.append((conn, header.rank, "ack"))  # the last message to that rank
                 if conn.byes == conn.size:
                     self.finished.add(key_ma)
                 return
@@ -237,7 +276,10 @@ class Receiver:
             entry = self.parts.setdefault(key, {"params": header.params, "size": header.size, "parts": {},
                                                 "credits": []})
             entry["parts"][(header.field, header.rank)] = data.copy()
-            entry["credits"].append(credit)
+            if len(self.ready) < self.stage_limit:  # room to stage: the credit goes back at once
+                self.credit_queue.append(credit)
+            else:  # staging full: the credit goes back when the trainer takes the sample
+                entry["credits"].append(credit)
             if len(entry["parts"]) == len(self.fields) * entry["size"]:
                 del self.parts[key]
                 fields = {f: np.concatenate([entry["parts"][(f, r)] for r in range(entry["size"])])

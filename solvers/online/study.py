@@ -29,9 +29,9 @@ def _section(cls_name, **fields):
 
 Study = _section(
     "Study", name="study", members=16, concurrency=2, ranks_per_member=1, launcher="subprocess",
-    command=["{python}", "-m", "solvers.online", "member", "heat1d"], mpiexec="mpiexec", member_timeout_s=300.0,
+    command=["{python}", "-m", "solvers.online", "member", "heat1d"], mpiexec="{mpiexec}", member_timeout_s=300.0,
     silence_timeout_s=60.0, max_retries=2, partial="keep", routing="round_robin", window=4,
-    validation_members=0, seed=0, run_dir="online-run", client_timeout_s=300.0)
+    validation_members=0, seed=0, run_dir="online-run", client_timeout_s=300.0, receive="poll")
 Parameters = _section("Parameters", method="lhs", bounds=[[0.0, 1.0]])
 Data = _section("Data", inputs=["params", "time"], outputs=["u"], input_shape=[], output_shape=[],
                 time_scale=1.0, solver={})
@@ -54,6 +54,7 @@ class StudyConfig:
     path: str = ""
 
     def validate(self) -> None:
+        """Check every value; raises :class:`StudyError` naming the key, the value and what was expected."""
         s, b, t = self.study, self.buffer, self.train
         checks = [
             (s.members >= 1, "study.members", s.members, ">= 1"),
@@ -64,6 +65,7 @@ class StudyConfig:
             (s.routing in ("round_robin", "one"), "study.routing", s.routing, "'round_robin' or 'one'"),
             (s.max_retries >= 0, "study.max_retries", s.max_retries, ">= 0"),
             (s.window >= 1, "study.window", s.window, ">= 1"),
+            (s.receive in ("poll", "thread"), "study.receive", s.receive, "'poll' or 'thread'"),
             (0 <= s.validation_members < s.members, "study.validation_members", s.validation_members,
              "0 <= n < members"),
             (b.policy in ("fifo", "firo", "reservoir"), "buffer.policy", b.policy, "fifo, firo or reservoir"),
@@ -88,9 +90,17 @@ class StudyConfig:
         return tuple(dict.fromkeys(names))
 
     def member_command(self) -> list[str]:
-        return [c.replace("{python}", sys.executable) for c in self.study.command]
+        """``study.command`` with ``{python}`` replaced (the launcher also fills ``{member}``,
+        ``{attempt}`` and ``{p0}``, ``{p1}``, ... with the member's identity and parameters)."""
+        base = os.path.dirname(self.path) if self.path else os.getcwd()
+        out = []
+        for c in self.study.command:
+            c = c.replace("{python}", sys.executable).replace("{study_dir}", base)
+            out.append(c)
+        return out
 
     def to_json(self) -> str:
+        """The configuration as canonical JSON (compared between ranks and with checkpoints)."""
         d = {k: dataclasses.asdict(getattr(self, k)) if dataclasses.is_dataclass(getattr(self, k))
              else getattr(self, k) for k in ("study", "parameters", "data", "buffer", "model", "train")}
         return json.dumps(d, sort_keys=True)
@@ -103,7 +113,7 @@ def _coerce(old, text):
         return int(text)
     if isinstance(old, float):
         return float(text)
-    if isinstance(old, (list, dict)):
+    if isinstance(old, (list, dict)) or text[:1] in ('"', "["):
         return json.loads(text)
     return text
 

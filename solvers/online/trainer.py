@@ -8,8 +8,9 @@ complete samples from the receiver into the buffer (as many as fit, or exactly
 ranks exchange a small state record (``allgather``: buffer ready, data exhausted,
 member events), so every rank takes the same decision: step, wait, or stop.
 
-A step: each rank draws its batch (possibly empty when its buffer is drained
-while others still hold data), computes its gradient, and one ring allreduce
+A step: each rank draws its batch (empty when its buffer is below its
+watermark or drained while others can draw: ranks never wait for each other's
+data), computes its gradient, and one ring allreduce
 (:func:`comms.ring_allreduce`) sums ``n_local * grad``, ``n_local`` and the loss;
 the weighted mean is the gradient of the global batch, identical on every rank,
 so the models stay bitwise equal. Stop: at ``train.max_steps``, or when no rank
@@ -48,6 +49,7 @@ class MSELoss:
     """Mean squared error over all entries, returns ``(value, dpred)``. Not collective."""
 
     def __call__(self, pred, y):
+        """Loss value and its gradient with respect to ``pred``."""
         d = pred - y
         return float((d * d).mean()), (2.0 / d.size) * d
 
@@ -127,7 +129,8 @@ class OnlineTrainer:
         b = study.buffer
         seed = [study.train.seed, self.rank]
         self.buffer = make_buffer(b.policy, b.capacity, seed=seed, watermark=b.watermark, reuse=b.reuse)
-        self.receiver = Receiver(study.fields, window=study.study.window)
+        self.receiver = Receiver(study.fields, window=study.study.window, mode=study.study.receive,
+                                 stage_limit=study.buffer.capacity)
         self.port_file = os.path.join(study.study.run_dir, "ports.txt")
         sampler = ParameterSampler(study.parameters.bounds, study.parameters.method, study.study.seed)
         self.launcher = Launcher(study, self.port_file, sampler) if self.rank == 0 else None
@@ -229,7 +232,7 @@ class OnlineTrainer:
         tr = self.study.train
         self.receiver.open(self.comm, self.port_file)
         t_start = time.perf_counter() - self.wall_s
-        events: dict = {"failed": [], "all_done": False, "accept": 0, "disconnect": []}
+        events: dict = {"failed": [], "all_done": False, "accept": [], "disconnect": []}
         pending = dict(events)  # rank 0: what the next agreement will announce
         disconnected: set = set()
         prev_all_done = False
@@ -242,9 +245,15 @@ class OnlineTrainer:
                     self.receiver.fail(m, a, self.study.study.partial == "drop")
                     if self.study.study.partial == "drop":
                         self.buffer.remove_member(m)
-                for _ in range(events["accept"]):
-                    self.receiver.accept()
+                t_mpi = time.perf_counter()
+                for m, a in events["accept"]:
+                    self.receiver.accept(m, a)
                 self.receiver.disconnect_finished(events["disconnect"])
+                if events["accept"] or events["disconnect"]:
+                    log.debug("rank %d: accept %s disconnect %s took %.3f s", self.rank, events["accept"],
+                              events["disconnect"], time.perf_counter() - t_mpi)
+                if self.receiver.mode == "poll":
+                    self.receiver.poll()
                 if per_step:
                     taken_now += self._ingest(per_step - taken_now)
                 else:
@@ -259,6 +268,8 @@ class OnlineTrainer:
                     mine["events"] = pending
                 states = self.comm.allgather(mine)
                 events = states[0]["events"]
+                if events.get("abort"):
+                    raise RuntimeError(f"online training stopped: {events['abort']}")
                 prev_all_done = events["all_done"]
                 all_exhausted = all(s["exhausted"] for s in states)
                 if self.rank == 0:
@@ -267,19 +278,32 @@ class OnlineTrainer:
                         for m, t in s["last_seen"].items():
                             last_seen[m] = max(last_seen.get(m, 0.0), t)
                     finished = set.intersection(*[set(map(tuple, s["finished"])) for s in states])
-                    failed = self.launcher.poll(last_seen, finished)
+                    try:
+                        failed = self.launcher.poll(last_seen, finished)
+                    except TimeoutError as exc:
+                        failed, abort = [], f"{exc}"
+                    else:
+                        abort = ""
                     gone = sorted(finished - disconnected)
                     disconnected.update(gone)
                     pending = {"failed": failed, "all_done": self.launcher.all_done() and not gone,
-                               "accept": len(self.receiver.connecting()), "disconnect": gone}
+                               "accept": [x for x in self.receiver.connecting() if self.launcher.is_running(*x)],
+                               "disconnect": gone, "abort": abort}
                 if self.step >= tr.max_steps:
-                    break
+                    # members started beside the trainer (MPMD) cannot be killed: serve them to the end,
+                    # dropping their data; subprocess members are killed by the launcher's shutdown
+                    if self.study.study.launcher != "mpmd" or all_exhausted:
+                        break
+                    self.receiver.take(1 << 30)
+                    time.sleep(1e-3)
+                    continue
                 if all_exhausted and (not any(s["can"] for s in states)
                                       or exhausted_steps >= max(tr.min_steps_after_data, 0)
                                       and self.study.buffer.policy == "reservoir"):
                     break
-                if all(s["satisfied"] for s in states) and any(s["can"] for s in states) and \
-                        all(s["can"] or s["exhausted"] for s in states):
+                # a rank below its watermark (or empty) contributes no samples to this step: waiting for it
+                # could deadlock (its members block on credits of a rank whose buffer is full)
+                if all(s["satisfied"] for s in states) and any(s["can"] for s in states):
                     self._train_step(draw=mine["can"])
                     taken_now = 0
                     exhausted_steps += 1 if all_exhausted else 0
@@ -329,6 +353,11 @@ class OnlineTrainer:
                    "received_bytes": self.comm.allreduce(self.receiver.bytes),
                    "distinct_samples": final["samples_in"], "history": self.history}
         if self.rank == 0:
+            import h5py
+
+            with h5py.File(os.path.join(self.study.study.run_dir, "model_final.h5"), "w") as f:
+                f["params"] = np.asarray(self.model.params)
+                f.attrs["step"] = self.step
             with open(os.path.join(self.study.study.run_dir, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=1, default=float)
         return summary

@@ -1,0 +1,191 @@
+"""solvers.online end to end: studies launched as separate MPI jobs (trainer on 2 ranks, members as
+their own mpiexec jobs), a killed member, a killed and resumed trainer, the C client, an MPMD launch.
+
+Every run is a subprocess under a timeout; its process group is killed when the time is up, and the
+log is shown in the failure message.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data", "online")
+ROOT = os.path.dirname(HERE)
+STUDY = os.path.join(DATA, "heat.toml")
+_UNDER_MPIEXEC = any(k in os.environ for k in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE"))
+pytestmark = [
+    pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec"),
+    pytest.mark.skipif(_UNDER_MPIEXEC, reason="starts its own mpiexec jobs: run it serially, not under mpiexec"),
+]
+
+
+def _env(**extra):
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _run(cmd, timeout_s, cwd, **extra):
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} ran past {timeout_s} s:\n{out[-4000:]}")
+    return proc.returncode, out
+
+
+def _kill_members(run_dir):
+    for name in os.listdir(run_dir):
+        if name.endswith(".pid"):
+            try:
+                os.killpg(int(open(os.path.join(run_dir, name)).read()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def _train(tmp_path, sets, timeout_s=150, name="run", **extra):
+    run_dir = str(tmp_path / name)
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "solvers.online", "train", STUDY,
+           "--set", f"study.run_dir={run_dir}", *[a for s in sets for a in ("--set", s)]]
+    try:
+        rc, out = _run(cmd, timeout_s, str(tmp_path), **extra)
+    finally:
+        if os.path.isdir(run_dir):
+            _kill_members(run_dir)
+    assert rc == 0, out[-4000:]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        return json.load(f), out, run_dir
+
+
+def _params(run_dir):
+    with h5py.File(os.path.join(run_dir, "model_final.h5")) as f:
+        return f["params"][...]
+
+
+@pytest.mark.timeout(200)
+def test_study_two_trainer_ranks(tmp_path):
+    summary, out, _ = _train(tmp_path, ["buffer.policy=\"reservoir\"", "train.max_steps=120",
+                                        "train.min_steps_after_data=120"])
+    assert summary["members"]["failed"] == 0, out[-3000:]
+    assert summary["n_val"] == 12  # one held-out member, 12 time steps
+    assert summary["step"] >= 10
+    assert "step" in out and "members running" in out  # progress lines
+    first = summary["history"][0]["val_error"]
+    assert summary["val_error"] < first, (first, summary["val_error"])
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig, why", [("KILL", "exit code"), ("STOP", "silent for")], ids=["kill-9", "frozen"])
+def test_killed_member_is_retried(tmp_path, sig, why):
+    """kill -9 of one member rank: mpiexec ends the member (exit code); a frozen rank (SIGSTOP): the member
+    goes silent and the silence timeout catches it. Either way the member reruns and training goes on."""
+    cmd = json.dumps(["{python}", os.path.join(DATA, "member_kill.py")])
+    silence = 30 if sig == "STOP" else 120  # on 2 loaded cores a healthy member can pause for 30 s
+    summary, out, run_dir = _train(tmp_path, [f"study.command={cmd}", f"study.silence_timeout_s={silence}",
+                                              "train.max_steps=2000"], timeout_s=200, HPCORE_TEST_SIGNAL=sig)
+    assert summary["members"]["failed"] >= 1, out[-3000:]
+    assert summary["members"]["done"] == 6
+    assert os.path.exists(os.path.join(run_dir, "member-2-1.log"))  # the retry ran
+    assert "member 2 attempt 0 failed (" + why in out, out[-3000:]
+    # keep policy: every (member, time step) of the 5 training members arrives exactly once
+    assert summary["samples_in"] == 5 * 12, summary["samples_in"]
+
+
+DETERMINISTIC = ["study.concurrency=1", "study.validation_members=0", "buffer.ingest_per_step=3",
+                 "buffer.policy=\"firo\"", "buffer.watermark=6", "train.max_steps=2000", "train.validate_every=0"]
+
+
+@pytest.mark.timeout(400)
+def test_trainer_killed_and_resumed_gives_same_model(tmp_path):
+    ckpt_a = str(tmp_path / "ckpt_a")
+    ref, _, ref_dir = _train(tmp_path, DETERMINISTIC + [f"train.checkpoint_dir={ckpt_a}"], name="ref")
+    # the same run, killed (SIGKILL of every trainer rank) after its second checkpoint, then resumed
+    run_dir, ckpt = str(tmp_path / "cut"), str(tmp_path / "ckpt_b")
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "solvers.online", "train", STUDY,
+           "--set", f"study.run_dir={run_dir}", "--set", f"train.checkpoint_dir={ckpt}",
+           "--set", "train.checkpoint_every=5", *[a for s in DETERMINISTIC for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 150
+    latest = os.path.join(ckpt, "latest")
+    while time.time() < deadline:
+        if os.path.exists(latest) and int(open(latest).read() or 0) >= 10:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_members(run_dir)
+    killed_at = int(open(latest).read())
+    assert killed_at >= 10
+    rc, out = _run(cmd + ["--resume"], 200, str(tmp_path))
+    _kill_members(run_dir)
+    assert rc == 0, out[-4000:]
+    assert "resumed from step" in out
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        resumed = json.load(f)
+    assert resumed["step"] == ref["step"] and resumed["samples_in"] == ref["samples_in"]
+    np.testing.assert_array_equal(_params(run_dir), _params(ref_dir))
+
+
+@pytest.mark.timeout(200)
+def test_c_client_member(tmp_path):
+    exe = str(tmp_path / "heat2d")
+    c_dir = os.path.join(ROOT, "solvers", "online", "c")
+    subprocess.run(["mpicc", "-O2", "-I", c_dir, os.path.join(ROOT, "examples", "heat2d.c"),
+                    os.path.join(c_dir, "hpcore_online.c"), "-o", exe, "-lm"], check=True, timeout=120)
+    cmd = json.dumps([exe, "8", "6", "{p0}", "{p1}"])
+    model = ["model.in_channels=3", "model.out_channels=64"]
+    summary, out, _ = _train(tmp_path, [f"study.command={cmd}", "study.members=3", "study.validation_members=0",
+                                        "train.max_steps=30", *model])
+    assert summary["members"]["done"] == 3, out[-3000:]
+    assert summary["samples_in"] == 3 * 6
+
+
+@pytest.mark.timeout(200)
+def test_mpmd_one_command(tmp_path):
+    run_dir = str(tmp_path / "mpmd")
+    common = ["--set", f"study.run_dir={run_dir}", "--set", "study.launcher=\"mpmd\""]
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "solvers.online", "train", STUDY, *common,
+           "--set", "train.max_steps=40", ":", "-n", "4", sys.executable, "-m", "solvers.online", "client", STUDY,
+           *common]
+    rc, out = _run(cmd, 150, str(tmp_path))
+    assert rc == 0, out[-4000:]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["members"]["done"] == 6, out[-3000:]
+    assert summary["n_val"] == 12
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.skipif(shutil.which("gfortran") is None, reason="needs gfortran (apt-get install gfortran)")
+def test_fortran_client_member(tmp_path):
+    c_dir = os.path.join(ROOT, "solvers", "online", "c")
+    objs = []
+    for cmd, obj in (
+        (["mpicc", "-O2", "-c", "-I", c_dir, os.path.join(c_dir, "hpcore_online.c")], "hpcore_online.o"),
+        (["mpicc", "-c", os.path.join(DATA, "fortran_shim.c")], "fortran_shim.o"),
+        (["gfortran", "-c", os.path.join(c_dir, "hpcore_online.f90")], "hpcore_online_f.o"),
+        (["gfortran", "-c", os.path.join(DATA, "member.f90")], "member_f.o"),
+    ):
+        subprocess.run([*cmd, "-o", obj], check=True, timeout=120, cwd=str(tmp_path))
+        objs.append(obj)
+    exe = str(tmp_path / "fmember")
+    subprocess.run(["mpicc", "-o", exe, *objs, "-lgfortran", "-lm"], check=True, timeout=120, cwd=str(tmp_path))
+    cmd = json.dumps([exe])
+    summary, out, _ = _train(tmp_path, [f"study.command={cmd}", "study.members=2", "study.validation_members=0",
+                                        "train.max_steps=20", "model.in_channels=3", "model.out_channels=16"])
+    assert summary["members"]["done"] == 2, out[-3000:]
+    assert summary["samples_in"] == 2 * 6
