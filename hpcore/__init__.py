@@ -1,4 +1,8 @@
-"""hpcore: the CUDA-aware MPI layer (canonical datatypes, packing, transport, topology)."""
+"""hpcore: the CUDA-aware MPI layer (canonical datatypes, packing, transport, topology).
+
+Also the boundary every entry point of hpcore, comms and solvers goes through
+(:mod:`hpcore.boundary`: ``as_comm``, ``agree``, ``as_op``, ``MismatchError``).
+"""
 
 from .arrays import array_module
 from .boundary import agree, as_comm, as_op
