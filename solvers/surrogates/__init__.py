@@ -7,6 +7,7 @@ data-parallel trainer can overlap its allreduce with the backward pass.
 Importing does no MPI or GPU work; torch is never needed (see ``torch_interop``).
 """
 
+from .burgers import burgers_1d, heat_1d
 from .checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -14,14 +15,33 @@ from .checkpoint import (
     read_config,
     save_checkpoint,
 )
+from .darcy import DarcySolver, generate_darcy
+from .data import ArrayDataset, GaussianNormalizer, load_darcy_pt, load_h5, neuralop_file
+from .domain import DomainTrainer, MultigridPatches
 from .factorized import TFNO, CPSpectralConv, TuckerSpectralConv
 from .layers import GELU, Dense, Layer, ParamSpec
 from .losses import H1Loss, LpLoss, relative_l2
 from .models import FNO, MLP, Model, build_model
 from .optim import Adam, AdamW, CosineLR, StepLR
+from .parallel import DataParallel
 from .spectral import SpectralConv
+from .training import TrainConfig, Trainer
 
 __all__ = [
+    "ArrayDataset",
+    "DarcySolver",
+    "DataParallel",
+    "DomainTrainer",
+    "GaussianNormalizer",
+    "MultigridPatches",
+    "TrainConfig",
+    "Trainer",
+    "burgers_1d",
+    "generate_darcy",
+    "heat_1d",
+    "load_darcy_pt",
+    "load_h5",
+    "neuralop_file",
     "FNO",
     "GELU",
     "MLP",
