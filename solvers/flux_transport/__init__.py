@@ -1,4 +1,4 @@
-"""Surface flux transport of the radial magnetic field on the sphere, after HipFT: domain-decomposed and ensemble-parallel."""
+"""Surface flux transport of Br on the sphere, after HipFT: domain-decomposed and ensemble-parallel."""
 
 from .config import ConfigError, FluxTransportConfig, load_config
 from .grid import KM2_S_TO_RS2_H, SphereGrid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -11,7 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hpcore.errors import agree
+from hpcore import MismatchError, agree
 
 from .config import ConfigError, FluxTransportConfig
 from .flows import FlowModel
@@ -83,13 +84,14 @@ class FluxTransport:
                     raise ConfigError("parallel.device = 'gpu' but CuPy finds no CUDA device on this rank")
         except (TypeError, ValueError) as exc:
             error = exc
-        agree(comm, error)
+        # One agreement: a local error, or a configuration that differs between ranks (compared by
+        # digest, so the message stays short), raises the same error on every rank.
+        digest = hashlib.blake2b(repr(config.to_dict()).encode(), digest_size=8).hexdigest() if error is None else ""
+        try:
+            agree(comm, error, what="FluxTransport", config_digest=digest)
+        except MismatchError as exc:
+            raise ConfigError(f"config: ranks were given different configurations ({exc})") from None
         self.xp = xp
-        mine = repr(config.to_dict())
-        theirs = comm.allgather(mine)
-        if len(set(theirs)) > 1:
-            raise ConfigError("config: ranks were given different configurations (rank 0 differs from rank(s) "
-                              f"{[r for r, c in enumerate(theirs) if c != theirs[0]]})")
 
         # ---------------------------------------------------------------- initial state (rank 0 reads)
         state = None
