@@ -117,6 +117,7 @@ class Client:
         self.inter.Set_errhandler(MPI.ERRORS_RETURN)
         self.n_trainers = self.inter.Get_remote_size()
         self.credits = [0] * self.n_trainers
+        self.acked = [False] * self.n_trainers
         self._credit_buf = np.zeros(1, dtype=np.int64)
         self.closed = False
 
@@ -128,22 +129,31 @@ class Client:
             raise ValueError(f"rank {self.rank}/{self.size}: local_size: expected >= 0, got {local_size}")
         self.fields[field_name] = int(local_size)
 
-    def _take_credit(self, dest: int) -> None:
-        MPI = mpi()
-        inter = self.inter
+    def _drain(self) -> None:
+        """Receive every credit message that has arrived (from any trainer rank)."""
+        for src in range(self.n_trainers):
+            while self.inter.Iprobe(src, P.TAG_CREDIT):
+                self.inter.Recv(self._credit_buf, src, P.TAG_CREDIT)
+                if self._credit_buf[0] < 0:
+                    self.acked[src] = True
+                else:
+                    self.credits[src] += int(self._credit_buf[0])
+
+    def _wait(self, done, what: str) -> None:
+        """Drain credits until ``done()``; a member never blocks in MPI while the trainer sends to it."""
         deadline = time.monotonic() + self.timeout_s
-        while True:  # absorb every credit that has arrived, wait while there is none
-            while inter.Iprobe(dest, P.TAG_CREDIT):
-                inter.Recv(self._credit_buf, dest, P.TAG_CREDIT)
-                self.credits[dest] += int(self._credit_buf[0])
-            if self.credits[dest] > 0:
-                self.credits[dest] -= 1
+        while True:
+            self._drain()
+            if done():
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"rank {self.rank}/{self.size} of member {self.member}: no credit from trainer "
-                                   f"rank {dest} in {self.timeout_s} s (HPCORE_ONLINE_TIMEOUT_S)")
+                raise TimeoutError(f"rank {self.rank}/{self.size} of member {self.member}: {what} in "
+                                   f"{self.timeout_s} s (HPCORE_ONLINE_TIMEOUT_S)")
             time.sleep(2e-4)
-        del MPI
+
+    def _take_credit(self, dest: int) -> None:
+        self._wait(lambda: self.credits[dest] > 0, f"no credit from trainer rank {dest}")
+        self.credits[dest] -= 1
 
     def send(self, field_name: str, array, time_step: int) -> None:
         """Send this rank's part of ``field_name`` at ``time_step``; waits for a credit. Not collective."""
@@ -161,7 +171,8 @@ class Client:
                           self.params, field_name)
         msg = P.pack_message(header, data)
         self._take_credit(dest)
-        self.inter.Send(msg, dest, P.TAG_DATA)
+        req = self.inter.Isend(msg, dest, P.TAG_DATA)
+        self._wait(req.Test, f"send to trainer rank {dest} not complete")
 
     def finalize(self) -> None:
         """Say goodbye to every trainer rank and disconnect. Collective on ``comm``."""
@@ -170,20 +181,9 @@ class Client:
         self.closed = True
         header = P.Header(P.KIND_BYE, self.member, self.attempt, -1, self.rank, self.size, 0, self.params, "bye")
         msg = P.pack_message(header)
-        for dest in range(self.n_trainers):
-            self.inter.Send(msg, dest, P.TAG_DATA)
-        deadline = time.monotonic() + self.timeout_s
-        for dest in range(self.n_trainers):  # drain credits up to the trainer's acknowledgement (-1)
-            while True:
-                if self.inter.Iprobe(dest, P.TAG_CREDIT):
-                    self.inter.Recv(self._credit_buf, dest, P.TAG_CREDIT)
-                    if self._credit_buf[0] < 0:
-                        break
-                elif time.monotonic() > deadline:
-                    raise TimeoutError(f"rank {self.rank}/{self.size} of member {self.member}: no goodbye from "
-                                       f"trainer rank {dest} in {self.timeout_s} s")
-                else:
-                    time.sleep(2e-4)
+        reqs = [self.inter.Isend(msg, dest, P.TAG_DATA) for dest in range(self.n_trainers)]
+        # drain credits up to every trainer rank's acknowledgement (-1), its last message to us
+        self._wait(lambda: all(self.acked) and all(r.Test() for r in reqs), "no goodbye from the trainer")
         self.inter.Disconnect()
         self.inter = None
 

@@ -101,28 +101,29 @@ def darcy(comm, params, resolution: int = 16, samples: int = 16, sink=None) -> N
     sink.finalize()
 
 
-def flux(comm, params, steps: int = 8, hours_per_step: float = 6.0) -> None:
-    """Flux-transport members: diffusivity and meridional-flow amplitude from ``params``.
+def flux(comm, params, steps: int = 8, hours_per_step: float = 6.0, ntheta: int = 31, nphi: int = 60) -> None:
+    """Flux-transport member (built-in bipolar map): diffusivity and meridional-flow amplitude from ``params``.
 
-    Collective on ``comm``. Sends the gathered Br map (rank 0; others send 0 values)
-    as field ``"br"`` every ``hours_per_step`` hours, ``steps`` times.
+    Collective on ``comm``. ``params = (eta [km^2/s], mf_p1 [m/s])``; one realization.
+    Sends the gathered Br map (``ntheta * nphi`` values from rank 0; other ranks send
+    0 values) as field ``"br"`` every ``hours_per_step`` hours, ``steps`` times.
     """
     from solvers.flux_transport import FluxTransport, load_config
-    from solvers.flux_transport.config import DEFAULT_CONFIG_PATH
 
-    overrides = ["grid.ntheta=24", "grid.nphi=48", f"transport.diffusivity_km2_s={float(params[0])!r}",
-                 f"time.end_h={steps * hours_per_step!r}", "output.maps_every_h=0"]
-    config = load_config(DEFAULT_CONFIG_PATH, overrides=overrides)
+    eta = float(params[0])
+    mf = float(params[1]) if len(params) > 1 else 22.0
+    config = load_config(None, overrides=[
+        "n_realizations=1", f"grid.ntheta={ntheta}", f"grid.nphi={nphi}", f"diffusion.eta_km2_s={eta!r}",
+        f"flow.mf_p1={mf!r}", f"time.end_h={steps * hours_per_step!r}", "output.plots=false"])
     model = FluxTransport(comm, config, output=False)
-    first = model.gather(0)
-    n_local = first.size if comm.Get_rank() == 0 else 0
-    client.init("br", n_local, comm)
+    rank = comm.Get_rank()
+    client.init("br", ntheta * nphi if rank == 0 else 0, comm)
     for t in range(steps):
         target = (t + 1) * hours_per_step
-        while model.time_h < target - 1e-9:
+        while model.time < target - 1e-9:
             model.step()
         br = model.gather(0)
-        client.send("br", br.ravel() if comm.Get_rank() == 0 else np.zeros(0), t)
+        client.send("br", br.ravel() if rank == 0 else np.zeros(0), t)
     client.finalize()
 
 

@@ -117,6 +117,7 @@ class Receiver:
         self.parts: dict = {}
         self.ready: collections.deque = collections.deque()
         self.credit_queue: collections.deque = collections.deque()
+        self._sends: list = []  # credit Isends in flight (request, buffer, connection)
         self.failed: set = set()          # (member, attempt) whose data is ignored from now on
         self.finished: set = set()        # (member, attempt) whose every rank said BYE here
         self.last_seen: dict = {}         # member -> wall time (time.time()) of its last message here
@@ -183,7 +184,7 @@ class Receiver:
             conn = _Conn(inter)
             grant = np.array([self.window], dtype=np.int64)
             for r in range(conn.size):
-                inter.Send(grant, r, P.TAG_CREDIT)
+                self._sends.append((inter.Isend(grant, r, P.TAG_CREDIT), grant, conn))
         with self.lock:
             self.conns.append(conn)
 
@@ -194,8 +195,12 @@ class Receiver:
             with self.lock:
                 conns = [c for c in self.conns if (c.member, c.attempt) == tuple(key) and not c.closed]
             for conn in conns:
-                conn.closed = True
                 with self.mpi_lock:
+                    for r, _, c in self._sends:
+                        if c is conn:
+                            r.Wait()  # the member drained its credits up to our acknowledgement
+                    self._sends = [x for x in self._sends if x[2] is not conn]
+                    conn.closed = True
                     conn.inter.Disconnect()
 
     def close(self) -> None:
@@ -226,11 +231,14 @@ class Receiver:
             if rank in conn.bye_ranks and not ack:  # after the goodbye only its acknowledgement goes out
                 continue
             if not (conn.dead or conn.closed):
-                try:
-                    conn.inter.Send(np.array([-1 if ack else 1], dtype=np.int64), rank, P.TAG_CREDIT)
+                try:  # non-blocking: a blocking send here deadlocks against a member blocked in its send
+                    buf = np.array([-1 if ack else 1], dtype=np.int64)
+                    self._sends.append((conn.inter.Isend(buf, rank, P.TAG_CREDIT), buf, conn))
                 except Exception as exc:  # noqa: BLE001 - a member died meanwhile
                     self.errors.append(f"credit to member {conn.member}: {exc}")
             busy = True
+        if self._sends:
+            self._sends = [(r, b, c) for r, b, c in self._sends if not (c.dead or c.closed or r.Test())]
         with self.lock:
             conns = [c for c in self.conns if not (c.dead or c.closed or c.byes == c.size)]
         for conn in conns:

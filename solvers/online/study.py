@@ -38,7 +38,7 @@ Data = _section("Data", inputs=["params", "time"], outputs=["u"], input_shape=[]
 BufferCfg = _section("BufferCfg", policy="firo", capacity=256, watermark=16, reuse=4, ingest_per_step=0)
 Train = _section("Train", batch_size=16, max_steps=1000, lr=1e-3, loss="l2rel", validate_every=50,
                  checkpoint_every=0, checkpoint_dir="", test_file="", log_every=50, seed=0,
-                 min_steps_after_data=0)
+                 min_steps_after_data=0, min_steps=0)
 
 
 @dataclasses.dataclass

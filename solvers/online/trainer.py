@@ -232,6 +232,7 @@ class OnlineTrainer:
         tr = self.study.train
         self.receiver.open(self.comm, self.port_file)
         t_start = time.perf_counter() - self.wall_s
+        self.t0_unix = time.time() - self.wall_s  # wall clock of this run's start (for comparisons)
         events: dict = {"failed": [], "all_done": False, "accept": [], "disconnect": []}
         pending = dict(events)  # rank 0: what the next agreement will announce
         disconnected: set = set()
@@ -299,6 +300,7 @@ class OnlineTrainer:
                     continue
                 if all_exhausted and (not any(s["can"] for s in states)
                                       or exhausted_steps >= max(tr.min_steps_after_data, 0)
+                                      and self.step >= tr.min_steps
                                       and self.study.buffer.policy == "reservoir"):
                     break
                 # a rank below its watermark (or empty) contributes no samples to this step: waiting for it
@@ -350,6 +352,7 @@ class OnlineTrainer:
         counts = self.comm.bcast(self.launcher.counts() if self.rank == 0 else None, root=0)
         busy = self.comm.allreduce(self.busy_s) / self.size
         summary = {**final, "busy_fraction": busy / max(self.wall_s, 1e-9), "members": counts,
+                   "t0_unix": self.t0_unix,
                    "received_bytes": self.comm.allreduce(self.receiver.bytes),
                    "distinct_samples": final["samples_in"], "history": self.history}
         if self.rank == 0:

@@ -24,6 +24,7 @@ static struct {
     double params[MAX_PARAMS], timeout_s;
     MPI_Comm comm, inter;
     long *credits;
+    int *acked;
     int n_fields;
     char names[MAX_FIELDS][FIELD_CHARS];
     int sizes[MAX_FIELDS];
@@ -116,6 +117,7 @@ static int connect_to_trainer(MPI_Comm comm) {
     MPI_Comm_set_errhandler(S.inter, MPI_ERRORS_RETURN);
     MPI_Comm_remote_size(S.inter, &S.n_trainers);
     S.credits = calloc((size_t)S.n_trainers, sizeof *S.credits);
+    S.acked = calloc((size_t)S.n_trainers, sizeof *S.acked);
     S.connected = 1;
     return 0;
 }
@@ -140,18 +142,38 @@ static void header(unsigned char *out, int kind, long time_step, long local_size
     strncpy((char *)out + 192, field, FIELD_CHARS - 1);
 }
 
+/* Receive every credit message that has arrived; -1 is a trainer rank's goodbye acknowledgement. */
+static void drain(void) {
+    for (int src = 0; src < S.n_trainers; ++src) {
+        int flag = 1;
+        while (flag) {
+            MPI_Iprobe(src, TAG_CREDIT, S.inter, &flag, MPI_STATUS_IGNORE);
+            if (flag) {
+                int64_t n;
+                MPI_Recv(&n, 1, MPI_INT64_T, src, TAG_CREDIT, S.inter, MPI_STATUS_IGNORE);
+                if (n < 0) S.acked[src] = 1; else S.credits[src] += n;
+            }
+        }
+    }
+}
+
+/* Drain credits until the request completes (never block in MPI while the trainer sends to us). */
+static void wait_draining(MPI_Request *req, const char *what) {
+    double deadline = now_s() + S.timeout_s;
+    for (;;) {
+        int done;
+        drain();
+        MPI_Test(req, &done, MPI_STATUS_IGNORE);
+        if (done) return;
+        if (now_s() > deadline) { fail(what); MPI_Abort(S.comm, 3); }
+        nap();
+    }
+}
+
 static int take_credit(int dest) {
     double deadline = now_s() + S.timeout_s;
     for (;;) {
-        int flag = 1;
-        while (flag) {
-            MPI_Iprobe(dest, TAG_CREDIT, S.inter, &flag, MPI_STATUS_IGNORE);
-            if (flag) {
-                int64_t n;
-                MPI_Recv(&n, 1, MPI_INT64_T, dest, TAG_CREDIT, S.inter, MPI_STATUS_IGNORE);
-                S.credits[dest] += n;
-            }
-        }
+        drain();
         if (S.credits[dest] > 0) { S.credits[dest]--; return 0; }
         if (now_s() > deadline) {
             fail("no credit from the trainer within HPCORE_ONLINE_TIMEOUT_S: aborting the member");
@@ -172,7 +194,9 @@ int hpcore_online_send(const char *field_name, const double *values, int time_st
     memcpy(S.msg + HEADER_NBYTES, values, 8 * (size_t)S.sizes[i]);
     int dest = S.round_robin ? (int)((S.member + time_step) % S.n_trainers) : 0;
     take_credit(dest);
-    if (MPI_Send(S.msg, (int)nbytes, MPI_BYTE, dest, TAG_DATA, S.inter) != MPI_SUCCESS) return fail("MPI_Send failed");
+    MPI_Request req;
+    if (MPI_Isend(S.msg, (int)nbytes, MPI_BYTE, dest, TAG_DATA, S.inter, &req) != MPI_SUCCESS) return fail("MPI_Isend failed");
+    wait_draining(&req, "send to the trainer not complete within HPCORE_ONLINE_TIMEOUT_S: aborting the member");
     return 0;
 }
 
@@ -180,26 +204,27 @@ int hpcore_online_finalize(void) {
     unsigned char bye[HEADER_NBYTES];
     if (!S.connected) return 0;
     header(bye, KIND_BYE, -1, 0, "bye");
-    for (int d = 0; d < S.n_trainers; ++d) MPI_Send(bye, HEADER_NBYTES, MPI_BYTE, d, TAG_DATA, S.inter);
+    MPI_Request *reqs = malloc(sizeof *reqs * (size_t)S.n_trainers);
+    for (int d = 0; d < S.n_trainers; ++d) MPI_Isend(bye, HEADER_NBYTES, MPI_BYTE, d, TAG_DATA, S.inter, &reqs[d]);
+    for (int d = 0; d < S.n_trainers; ++d)
+        wait_draining(&reqs[d], "goodbye not delivered within HPCORE_ONLINE_TIMEOUT_S: aborting the member");
+    free(reqs);
+    /* drain credits up to every trainer rank's acknowledgement (-1), its last message to us */
     double deadline = now_s() + S.timeout_s;
-    for (int d = 0; d < S.n_trainers; ++d) {  /* drain credits up to the trainer's acknowledgement (-1) */
-        for (;;) {
-            int flag;
-            MPI_Iprobe(d, TAG_CREDIT, S.inter, &flag, MPI_STATUS_IGNORE);
-            if (flag) {
-                int64_t n;
-                MPI_Recv(&n, 1, MPI_INT64_T, d, TAG_CREDIT, S.inter, MPI_STATUS_IGNORE);
-                if (n < 0) break;
-            } else if (now_s() > deadline) {
-                fail("no goodbye from the trainer within HPCORE_ONLINE_TIMEOUT_S: aborting the member");
-                MPI_Abort(S.comm, 3);
-            } else {
-                nap();
-            }
+    for (;;) {
+        int all = 1;
+        drain();
+        for (int d = 0; d < S.n_trainers; ++d) all &= S.acked[d];
+        if (all) break;
+        if (now_s() > deadline) {
+            fail("no goodbye from the trainer within HPCORE_ONLINE_TIMEOUT_S: aborting the member");
+            MPI_Abort(S.comm, 3);
         }
+        nap();
     }
     MPI_Comm_disconnect(&S.inter);
     free(S.credits);
+    free(S.acked);
     free(S.msg);
     memset(&S, 0, sizeof S);
     return 0;
