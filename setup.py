@@ -20,6 +20,9 @@ setup(
         "hpcore": ["py.typed", "templates/slurm/*.sbatch"],
         "comms": ["py.typed"],
         "solvers.flux_transport": ["default.toml"],
+        "solvers.surrogates": ["default.toml"],
+        # the online-training client for C and Fortran members (built with mpicc/mpif90 by the user)
+        "solvers.online": ["c/*.h", "c/*.c", "c/*.f90"],
     },
     extras_require={
         "mpich": ["mpich>=4.2"],
