@@ -70,6 +70,7 @@ class _Conn:
         self.member = None
         self.attempt = None
         self.byes = 0
+        self.received = 0
         self.bye_ranks: set = set()
         self.dead = False
         self.closed = False
@@ -253,6 +254,7 @@ class Receiver:
                 log.warning("connection of member %s abandoned: %s", conn.member, exc)
                 continue
             busy = True
+            conn.received += 1
             self._handle(conn, buf)
         return busy
 
@@ -335,6 +337,14 @@ class Receiver:
                 self.ready = keep
                 self.seen = {k for k in self.seen if k[0] != member}
             return n
+
+    def describe(self) -> str:
+        """One line per connection (for debugging stalls). Not collective."""
+        with self.lock:
+            return "; ".join(f"member {c.member}/{c.attempt} recv {c.received} byes {c.byes}/{c.size} "
+                             f"dead {c.dead} closed {c.closed}" for c in self.conns) + \
+                f" | ready {len(self.ready)} parts {len(self.parts)} credits queued {len(self.credit_queue)} " \
+                f"sends {len(self._sends)}"
 
     def open_connections(self) -> int:
         """Connections still open (members not finished, not failed). Not collective."""

@@ -313,6 +313,9 @@ class OnlineTrainer:
                 elif all(s["satisfied"] for s in states) and per_step and not any(s["can"] for s in states):
                     taken_now = 0  # below the watermark: the next round takes the next samples
                 else:
+                    if log.isEnabledFor(logging.DEBUG) and time.perf_counter() - getattr(self, "_said", 0) > 5:
+                        self._said = time.perf_counter()
+                        log.debug("rank %d waiting: %s", self.rank, self.receiver.describe())
                     time.sleep(1e-3)
         finally:
             self.wall_s = time.perf_counter() - t_start
