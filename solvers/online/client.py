@@ -115,6 +115,7 @@ class Client:
             os.remove(go)
         self.inter = comm.Connect(ports[0], MPI.INFO_NULL, 0)
         self.inter.Set_errhandler(MPI.ERRORS_RETURN)
+        self.inter.Barrier()  # both groups hold the new intercommunicator before the first message
         self.n_trainers = self.inter.Get_remote_size()
         self.credits = [0] * self.n_trainers
         self.acked = [False] * self.n_trainers

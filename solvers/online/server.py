@@ -182,6 +182,7 @@ class Receiver:
         with self.mpi_lock:  # UCX-MPICH hangs when a thread probes during an accept (measured)
             inter = self.comm.Accept(self.port if self.comm.Get_rank() == 0 else None, MPI.INFO_NULL, 0)
             inter.Set_errhandler(MPI.ERRORS_RETURN)
+            inter.Barrier()  # both groups hold the new intercommunicator before the first message
             conn = _Conn(inter)
             grant = np.array([self.window], dtype=np.int64)
             for r in range(conn.size):

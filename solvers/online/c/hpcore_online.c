@@ -115,6 +115,7 @@ static int connect_to_trainer(MPI_Comm comm) {
     if (!ok) return 1;
     if (MPI_Comm_connect(port, MPI_INFO_NULL, 0, comm, &S.inter) != MPI_SUCCESS) return fail("MPI_Comm_connect failed");
     MPI_Comm_set_errhandler(S.inter, MPI_ERRORS_RETURN);
+    MPI_Barrier(S.inter);  /* both groups hold the new intercommunicator before the first message */
     MPI_Comm_remote_size(S.inter, &S.n_trainers);
     S.credits = calloc((size_t)S.n_trainers, sizeof *S.credits);
     S.acked = calloc((size_t)S.n_trainers, sizeof *S.acked);
