@@ -180,7 +180,9 @@ class DataParallel:
             return
         from comms import ring_allreduce_bucket_start
 
-        self._pending.append(ring_allreduce_bucket_start(self.comm, [view], out=[view]))
+        # the bucket plan was agreed at construction (model, size, dtype, bucket size) and every rank
+        # starts the same buckets in the same order: no per-bucket agreement round trip
+        self._pending.append(ring_allreduce_bucket_start(self.comm, [view], out=[view], agreed=True))
 
     def _hook(self, start: int, stop: int) -> None:
         self._ready_lo = start
@@ -240,7 +242,7 @@ class DataParallel:
                 from comms import ring_allreduce_bucket_start
 
                 views = [scratch[lo:hi] for lo, hi in self.buckets]
-                reqs = [ring_allreduce_bucket_start(self.comm, [v], out=[v]) for v in views]
+                reqs = [ring_allreduce_bucket_start(self.comm, [v], out=[v], agreed=True) for v in views]
                 for r in reqs:
                     r.wait()
             times.append(time.perf_counter() - t0)
