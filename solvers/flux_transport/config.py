@@ -5,16 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
-
-try:
-    import tomllib
-except ImportError:  # Python < 3.11: the same parser from PyPI
-    import tomli as tomllib
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..configuration import ConfigError, coerce_value, merge_tables, parse_override, parse_value
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -40,10 +37,6 @@ DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "default.toml")
 
 Number = int | float
 PerRealization = Number | list
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type or out of range (names the key)."""
 
 
 @dataclass
@@ -394,69 +387,16 @@ def _coerce(name: str, value: Any, kind, per_realization: bool = False):
     kinds = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
     if isinstance(kind, str):
         kind = kinds.get(kind.split("[")[0].strip(), None) or (float if "PerRealization" in kind else kind)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return value
-    if kind is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        return value
-    return value
-
-
-_BARE = re.compile(r"^[A-Za-z0-9_./+:~-]*$")
+    return coerce_value(name, value, kind)
 
 
 def _parse_value(key: str, raw: str):
-    """A ``--set`` value: TOML syntax, also numbers with a trailing dot (``[1.,2.]``) and bare words."""
-    raw = raw.strip()
-    for text in (raw, re.sub(r"(?<![\w.])(\d+)\.(?!\d)", r"\1.0", raw)):
-        try:
-            return tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            pass
-    if _BARE.match(raw):
-        return raw  # a bare word: initial.kind=file (the shell ate the quotes)
-    raise ConfigError(f"--set {key}: cannot read the value {raw!r} (TOML syntax: 1.5, true, \"text\", [1.0, 2.0])")
+    """A ``--set`` value (see :func:`solvers.configuration.parse_value`)."""
+    return parse_value(key, raw)
 
 
 def _parse_override(text: str) -> dict:
-    if "=" not in text:
-        raise ConfigError(f"--set: expected section.key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    value = _parse_value(key, raw)
-    parts = key.split(".")
-    if len(parts) == 1 and parts[0]:
-        return {parts[0]: value}
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set: expected section.key=value, got {text!r}")
-    return {parts[0]: {parts[1]: value}}
-
-
-def merge_tables(*tables: dict) -> dict:
-    """Later tables win key by key inside each section (a new dict; the inputs are not changed)."""
-    out: dict = {}
-    for table in tables:
-        for k, v in table.items():
-            if isinstance(v, dict) and isinstance(out.get(k), dict):
-                out[k] = {**out[k], **v}
-            else:
-                out[k] = dict(v) if isinstance(v, dict) else v
-    return out
+    return parse_override(text, allow_top_level=True)
 
 
 def read_toml(path: str) -> dict:

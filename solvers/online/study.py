@@ -13,12 +13,14 @@ import os
 import sys
 from typing import Any
 
+from ..configuration import ConfigError, coerce_value, parse_value
+
 __all__ = ["LAUNCHERS", "StudyConfig", "StudyError", "load_study"]
 
 LAUNCHERS = ("subprocess", "mpmd")
 
 
-class StudyError(ValueError):
+class StudyError(ConfigError):
     """A study configuration value is missing or wrong."""
 
 
@@ -106,16 +108,17 @@ class StudyConfig:
         return json.dumps(d, sort_keys=True)
 
 
-def _coerce(old, text):
-    if isinstance(old, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(old, int):
-        return int(text)
-    if isinstance(old, float):
-        return float(text)
-    if isinstance(old, (list, dict)) or text[:1] in ('"', "["):
-        return json.loads(text)
-    return text
+def _coerce(name: str, old, text: str):
+    """One ``--set`` value, read as every solver reads it (:mod:`solvers.configuration`), typed like ``old``."""
+    if isinstance(old, str) and text.strip()[:1] not in ('"', "'"):
+        return text.strip()  # unquoted text is the string itself (a path may hold spaces)
+    value = parse_value(name, text)
+    if old is None or isinstance(old, dict):
+        return value
+    try:
+        return coerce_value(name, value, type(old))
+    except ConfigError as exc:
+        raise StudyError(str(exc)) from None
 
 
 def load_study(path: str | None = None, overrides=(), data: dict | None = None) -> StudyConfig:
@@ -148,12 +151,12 @@ def load_study(path: str | None = None, overrides=(), data: dict | None = None) 
         key, _, text = item.partition("=")
         section, _, name = key.partition(".")
         if section == "model":
-            cfg.model[name] = _coerce(cfg.model.get(name, ""), text) if name in cfg.model else json.loads(text)
+            cfg.model[name] = _coerce(key, cfg.model[name], text) if name in cfg.model else parse_value(key, text)
             continue
         obj = getattr(cfg, section, None)
         if obj is None or not hasattr(obj, name):
             raise StudyError(f"--set {item!r}: unknown key {key!r}")
-        setattr(obj, name, _coerce(getattr(obj, name), text))
+        setattr(obj, name, _coerce(key, getattr(obj, name), text))
     base = os.path.dirname(cfg.path) if cfg.path else os.getcwd()
     for obj, name in ((cfg.study, "run_dir"), (cfg.train, "checkpoint_dir"), (cfg.train, "test_file")):
         value = getattr(obj, name)

@@ -30,13 +30,11 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..configuration import ConfigError, coerce_value, parse_override
+
 __all__ = ["main", "load_run_config", "RunConfig", "ConfigError", "DEFAULT_CONFIG_PATH"]
 
 DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "default.toml")
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type or out of range (names the key)."""
 
 
 @dataclass
@@ -185,28 +183,7 @@ class RunConfig:
 
 
 def _coerce(name: str, value, default):
-    kind = type(default)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return value
-    if kind is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        return value
-    return value
+    return coerce_value(name, value, type(default))
 
 
 def _merge(cfg: RunConfig, table: dict) -> None:
@@ -223,20 +200,6 @@ def _merge(cfg: RunConfig, table: dict) -> None:
             if k not in known:
                 raise ConfigError(f"config: unknown key {key}.{k} (known: {', '.join(sorted(known))})")
             setattr(section, k, _coerce(f"{key}.{k}", v, getattr(section, k)))
-
-
-def _parse_override(text: str) -> dict:
-    if "=" not in text:
-        raise ConfigError(f"--set: expected section.key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set: expected section.key=value, got {text!r}")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return {parts[0]: {parts[1]: value}}
 
 
 def load_run_config(path: Optional[str] = None, overrides=()) -> RunConfig:
@@ -261,7 +224,7 @@ def load_run_config(path: Optional[str] = None, overrides=()) -> RunConfig:
                                   for t in data["test_files"]]
         _merge(cfg, table)
     for text in overrides:
-        _merge(cfg, _parse_override(text))
+        _merge(cfg, parse_override(text))
     cfg.validate()
     return cfg
 
