@@ -1,4 +1,4 @@
-"""Seeded parameter designs for a study: uniform, Latin hypercube and Halton (scipy.stats.qmc).
+"""Seeded parameter designs for a study: uniform, Latin hypercube and scrambled Halton (NumPy only).
 
 The study draws its ``n_members`` parameter sets at once (Latin hypercube needs the
 count up front) and redraws the parameters of a member that failed more than
@@ -12,9 +12,44 @@ import json
 
 import numpy as np
 
-__all__ = ["METHODS", "ParameterSampler"]
+__all__ = ["METHODS", "ParameterSampler", "latin_hypercube", "halton"]
 
 METHODS = ("uniform", "lhs", "halton")
+
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19)  # one Halton base per parameter (the header holds at most 8)
+
+
+def latin_hypercube(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points in ``[0, 1)^dim``, ``(n, dim)``: each axis cut into ``n`` strata, one point in each.
+
+    Not collective.
+    """
+    strata = np.stack([rng.permutation(n) for _ in range(dim)], axis=1)
+    return (strata + rng.random((n, dim))) / n
+
+
+def halton(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """The first ``n`` points of the Halton sequence in ``[0, 1)^dim``, ``(n, dim)``, digit-scrambled. Not collective.
+
+    Axis ``j`` is the radical inverse of ``1..n`` in base ``p_j`` (the j-th prime), every digit
+    position mapped through its own random permutation of the digits (random digit scrambling,
+    which keeps the sequence's stratification and breaks the correlation of the higher bases).
+    """
+    if dim > len(_PRIMES):
+        raise ValueError(f"dim: at most {len(_PRIMES)} parameters, got {dim}")
+    out = np.zeros((n, dim))
+    index = np.arange(1, n + 1)
+    for j in range(dim):
+        base = _PRIMES[j]
+        k, scale = index.copy(), 1.0 / base
+        while np.any(k > 0) or scale > 1e-16:
+            perm = rng.permutation(base)
+            out[:, j] += perm[k % base] * scale
+            k //= base
+            scale /= base
+            if scale < 1e-16:
+                break
+    return out
 
 
 class ParameterSampler:
@@ -48,14 +83,13 @@ class ParameterSampler:
 
     def design(self, n: int) -> np.ndarray:
         """The first ``n`` parameter sets, ``(n, dim)``; the same for the same seed."""
-        from scipy.stats import qmc
-
+        rng = np.random.default_rng([self.seed, 0])
         if self.method == "uniform":
-            unit = np.random.default_rng([self.seed, 0]).random((n, self.dim))
+            unit = rng.random((n, self.dim))
         elif self.method == "lhs":
-            unit = qmc.LatinHypercube(d=self.dim, seed=np.random.default_rng([self.seed, 0])).random(n)
+            unit = latin_hypercube(n, self.dim, rng)
         else:
-            unit = qmc.Halton(d=self.dim, scramble=True, seed=np.random.default_rng([self.seed, 0])).random(n)
+            unit = halton(n, self.dim, rng)
         return self.bounds[:, 0] + unit * (self.bounds[:, 1] - self.bounds[:, 0])
 
     def redraw(self) -> np.ndarray:
