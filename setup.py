@@ -19,6 +19,7 @@ setup(
     package_data={
         "hpcore": ["py.typed", "templates/slurm/*.sbatch"],
         "comms": ["py.typed"],
+        "solvers": ["py.typed"],
         "solvers.flux_transport": ["default.toml"],
         "solvers.surrogates": ["default.toml"],
         # the online-training client for C and Fortran members (built with mpicc/mpif90 by the user)

@@ -202,7 +202,7 @@ def init(field_name: str, local_size: int, comm) -> None:
     global _client
     from hpcore import as_comm
 
-    comm = as_comm(comm) if hasattr(__import__("hpcore"), "as_comm") else comm
+    comm = as_comm(comm)
     if _client is None:
         env = environment()
         _client = Client(comm, env["server"], env["member"], env["attempt"], env["params"], env["routing"],
