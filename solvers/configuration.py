@@ -13,7 +13,7 @@ import re
 import tomllib
 from typing import Any
 
-__all__ = ["ConfigError", "coerce_value", "parse_value", "parse_override", "merge_tables"]
+__all__ = ["ConfigError", "load_toml", "coerce_value", "parse_value", "parse_override", "merge_tables"]
 
 
 class ConfigError(ValueError):
@@ -22,6 +22,23 @@ class ConfigError(ValueError):
 
 _BARE = re.compile(r"^[A-Za-z0-9_./+:~-]*$")
 _TRAILING_DOT = re.compile(r"(?<![\w.])(\d+)\.(?!\d)")
+
+
+def load_toml(path: str) -> dict:
+    """The table of the TOML file ``path``. Not collective.
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or is not TOML (the message names the file and the reason).
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config file {path!r}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path!r}: {exc}") from None
 
 
 def parse_value(key: str, raw: str) -> Any:

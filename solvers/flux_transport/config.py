@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..configuration import ConfigError, coerce_value, merge_tables, parse_override, parse_value
+from ..configuration import ConfigError, coerce_value, load_toml, merge_tables, parse_override, parse_value
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -401,13 +400,7 @@ def _parse_override(text: str) -> dict:
 
 def read_toml(path: str) -> dict:
     """The table of a TOML configuration file, relative file paths made absolute against its folder."""
-    try:
-        with open(path, "rb") as f:
-            table = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"config file {path!r}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path!r}: {exc}") from None
+    table = load_toml(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     for section, key in (("initial", "file"), ("assimilation", "map_list"), ("assimilation", "root_dir")):
         v = table.get(section, {}).get(key) if isinstance(table.get(section), dict) else None

@@ -26,11 +26,10 @@ import json
 import logging
 import os
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..configuration import ConfigError, coerce_value, parse_override
+from ..configuration import ConfigError, coerce_value, load_toml, parse_override
 
 __all__ = ["main", "load_run_config", "RunConfig", "ConfigError", "DEFAULT_CONFIG_PATH"]
 
@@ -208,13 +207,7 @@ def load_run_config(path: Optional[str] = None, overrides=()) -> RunConfig:
     validation of the result. Not collective. Raises :class:`ConfigError`."""
     cfg = RunConfig()
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                table = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"config file {path!r}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path!r}: {exc}") from None
+        table = load_toml(path)
         base = os.path.dirname(os.path.abspath(path))
         data = table.get("data") if isinstance(table.get("data"), dict) else {}
         if isinstance(data.get("train_file"), str) and data["train_file"] and not os.path.isabs(data["train_file"]):
