@@ -36,6 +36,7 @@ import numpy as np
 __all__ = ["FaultHook", "Guard", "PhaseError", "exit_status", "install_excepthook"]
 
 DEADLINE_ENV = "FLUX_TRANSPORT_ABORT_AFTER_S"
+ABORT_GRACE_S = 0.5  # seconds between printing a rank's error and MPI_Abort
 FAULT_ENV = "HPCORE_TEST_FAULT"
 
 
@@ -176,6 +177,9 @@ class Guard:
         try:
             print(f"flux_transport: rank {self.rank} of {self.size}: {phase} failed: {describe(error)}{tail}; "
                   "aborting the job", file=sys.stderr, flush=True)
+            # let the launcher forward the line before MPI_Abort tears the job down (under load hydra
+            # was seen to drop it)
+            time.sleep(ABORT_GRACE_S)
         finally:
             self.world.Abort(status)
         os._exit(status)  # pragma: no cover - Abort does not return
@@ -196,6 +200,7 @@ def install_excepthook(comm) -> None:
         previous(kind, value, tb)
         if comm.Get_size() > 1:
             sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)
             comm.Abort(exit_status(value) if isinstance(value, BaseException) else 1)
 
     sys.excepthook = hook
