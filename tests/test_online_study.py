@@ -189,3 +189,22 @@ def test_fortran_client_member(tmp_path):
                                         "train.max_steps=20", "model.in_channels=3", "model.out_channels=16"])
     assert summary["members"]["done"] == 2, out[-3000:]
     assert summary["samples_in"] == 2 * 6
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fault", ["exit-before-connect", "exit-after-connect", "hang-before-connect"])
+def test_member_failing_while_connecting_is_retried(tmp_path, fault):
+    """A member that dies (or freezes) between the trainer's go file and the end of its connect: the
+    trainer's accept is released (stand-in connection) or the half-made connection abandoned, the
+    member is retried, and every sample of the training members arrives once."""
+    cmd = json.dumps(["{python}", os.path.join(DATA, "member_connect_fault.py")])
+    summary, out, run_dir = _train(tmp_path, [f"study.command={cmd}", "study.connect_timeout_s=15",
+                                              "train.max_steps=2000"], timeout_s=200,
+                                   HPCORE_TEST_CONNECT_FAULT=fault)
+    assert summary["members"]["failed"] == 1, out[-3000:]
+    assert summary["members"]["done"] == 6
+    assert "member 2 attempt 0 failed (" in out, out[-3000:]
+    assert os.path.exists(os.path.join(run_dir, "member-2-1.log"))  # the retry ran
+    assert summary["samples_in"] == 5 * 12, summary["samples_in"]
+    if fault != "exit-after-connect":
+        assert "starting a stand-in connection" in out, out[-3000:]

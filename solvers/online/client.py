@@ -115,12 +115,19 @@ class Client:
             os.remove(go)
         self.inter = comm.Connect(ports[0], MPI.INFO_NULL, 0)
         self.inter.Set_errhandler(MPI.ERRORS_RETURN)
-        self.inter.Barrier()  # both groups hold the new intercommunicator before the first message
         self.n_trainers = self.inter.Get_remote_size()
         self.credits = [0] * self.n_trainers
         self.acked = [False] * self.n_trainers
         self._credit_buf = np.zeros(1, dtype=np.int64)
         self.closed = False
+        # both groups hold the new intercommunicator before the first message; non-blocking on both
+        # sides (MPI: a nonblocking collective does not match a blocking one) so a dead trainer times out
+        self._wait(self.inter.Ibarrier().Test, "no barrier with the trainer after connecting")
+        if self.rank == 0:  # who we are, so the trainer can tell us from a stand-in (protocol docstring)
+            hello = P.pack_message(P.Header(P.KIND_HELLO, self.member, self.attempt, -1, 0, self.size, 0,
+                                            self.params, "hello"))
+            req = self.inter.Isend(hello, 0, P.TAG_HELLO)
+            self._wait(req.Test, "hello to trainer rank 0 not delivered")
 
     def add_field(self, field_name: str, local_size: int) -> None:
         """Declare a field of ``local_size`` float64 values on this rank. Not collective."""

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Launcher", "member_environment", "mpmd_members"]
+__all__ = ["Launcher", "MemberWatch", "member_environment", "mpmd_members"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Launcher:
         self.running: dict = {}
         self.finished_elsewhere: set = set()  # (member, attempt) that every trainer rank saw finish
         self.failures = 0
+        self.stand_ins: list = []  # stand-in connection jobs (solvers.online.stand_in), killed at shutdown
         self.mode = study.study.launcher
         self.started = time.time()
         if self.mode == "mpmd":  # members start with the trainer: all running from the start, never retried
@@ -121,9 +122,7 @@ class Launcher:
             log_path = os.path.join(s.run_dir, f"member-{m}-{rec['attempt']}.log")
             subst = {"{member}": str(m), "{attempt}": str(rec["attempt"]),
                      **{f"{{p{i}}}": repr(float(p)) for i, p in enumerate(rec["params"])}}
-            here = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the MPI beside this Python
-            launcher = s.mpiexec.replace("{mpiexec}", here if os.path.exists(here) else "mpiexec")
-            cmd = [*shlex.split(launcher), "-n", str(s.ranks_per_member)]
+            cmd = [*self._mpiexec(), "-n", str(s.ranks_per_member)]
             for word in self.study.member_command():
                 for k, v in subst.items():
                     word = word.replace(k, v)
@@ -199,6 +198,37 @@ class Launcher:
             self._start(self.queue.pop(0))
         return failed
 
+    def _mpiexec(self) -> list[str]:
+        here = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the MPI beside this Python
+        return shlex.split(self.study.study.mpiexec.replace("{mpiexec}", here if os.path.exists(here) else "mpiexec"))
+
+    def start_stand_in(self) -> None:
+        """Start a one-rank stand-in connection job (releases an accept whose member died)."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stand_in.py")
+        path = os.path.join(self.study.study.run_dir, f"stand-in-{len(self.stand_ins)}.log")
+        with open(path, "w") as out:
+            proc = subprocess.Popen([*self._mpiexec(), "-n", "1", sys.executable, script, self.port_file],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.stand_ins.append(proc)
+
+    def kill_member(self, member: int) -> None:
+        """Kill the running job of ``member`` (its bookkeeping is left to :meth:`connect_failed`)."""
+        info = self.running.get(member)
+        if info is not None:
+            self._kill(info)
+
+    def connect_failed(self, member: int, attempt: int) -> list:
+        """(member, attempt) did not connect: fail it (retried as any failure). Returns the failed
+        ``(member, attempt)`` pairs (empty when that try had already ended). MPMD: raises TimeoutError."""
+        if self.mode == "mpmd":
+            raise TimeoutError(f"member {member} of an MPMD launch did not connect within "
+                               f"connect_timeout_s={self.study.study.connect_timeout_s} (no retries in MPMD)")
+        info = self.running.get(member)
+        if info is None or info["attempt"] != attempt:
+            return []
+        return [self._fail(member, f"did not connect within connect_timeout_s={self.study.study.connect_timeout_s}"
+                                   " or died while connecting")]
+
     def is_running(self, member: int, attempt: int) -> bool:
         """Whether (member, attempt) is the live try of a running member (MPMD: always)."""
         if self.mode == "mpmd":
@@ -207,6 +237,26 @@ class Launcher:
         return info is not None and info["attempt"] == attempt and info["proc"].poll() is None
 
     def shutdown(self) -> None:
-        """Kill every running member (end of training)."""
+        """Kill every running member and stand-in job (end of training)."""
         for m in list(self.running):
             self._kill(self.running.pop(m))
+        for proc in self.stand_ins:
+            self._kill({"proc": proc})
+
+
+class MemberWatch:
+    """What :meth:`Receiver.accept <solvers.online.server.Receiver.accept>`'s watchdog needs on trainer
+    rank 0: whether the member try is alive, and how to rescue the accept (kill it, start a stand-in).
+    Called from the watchdog thread; makes no MPI calls."""
+
+    def __init__(self, launcher: Launcher, member: int, attempt: int):
+        self.launcher, self.member, self.attempt = launcher, member, attempt
+
+    def alive(self) -> bool:
+        """Whether the member try still runs (MPMD: assumed)."""
+        return self.launcher.is_running(self.member, self.attempt)
+
+    def rescue(self) -> None:
+        """Kill the member's job and start a stand-in connection in its place."""
+        self.launcher.kill_member(self.member)
+        self.launcher.start_stand_in()

@@ -3,12 +3,18 @@
 Every message from a client rank to a trainer rank is one MPI message of bytes on
 the intercommunicator made by ``MPI_Comm_connect``/``MPI_Comm_accept``: a fixed
 224-byte header followed by the rank's ``local_size`` float64 values (none for
-``BYE``). The C client (``solvers/online/c/hpcore_online.c``) writes the same bytes::
+``BYE`` and ``HELLO``). The C client (``solvers/online/c/hpcore_online.c``) writes the same bytes::
 
     int64  magic, kind, member, attempt, time_step, rank, size, local_size,
            nparams, spare[7]                      (16 x 8 bytes)
     double params[8]                              (8 x 8 bytes)
     char   field[32]                              (NUL-padded name)
+
+Connecting: after ``MPI_Comm_connect`` and a barrier on the new intercommunicator,
+the member's rank 0 sends one ``HELLO`` header (its member and attempt; tag
+:data:`TAG_HELLO`) to trainer rank 0, which so knows who connected: the member it
+accepted, or a stand-in (member :data:`STAND_IN_MEMBER`) that the trainer started to
+release an accept whose member died before connecting.
 
 Flow control is credit based: on accept, every trainer rank sends every member rank
 ``window`` credits (tag :data:`TAG_CREDIT`, one int64); each data message costs one
@@ -28,10 +34,13 @@ __all__ = [
     "HEADER_NBYTES",
     "KIND_BYE",
     "KIND_DATA",
+    "KIND_HELLO",
     "MAGIC",
     "MAX_PARAMS",
+    "STAND_IN_MEMBER",
     "TAG_CREDIT",
     "TAG_DATA",
+    "TAG_HELLO",
     "Header",
     "pack_message",
     "trainer_of",
@@ -41,8 +50,11 @@ __all__ = [
 MAGIC = 0x48504F4E  # "HPON"
 KIND_DATA = 1
 KIND_BYE = 2
+KIND_HELLO = 3
 TAG_DATA = 7401
 TAG_CREDIT = 7402
+TAG_HELLO = 7403
+STAND_IN_MEMBER = -1  # member id in the hello of a stand-in connection (see solvers/online/stand_in.py)
 MAX_PARAMS = 8
 FIELD_CHARS = 32
 HEADER_NBYTES = 16 * 8 + MAX_PARAMS * 8 + FIELD_CHARS

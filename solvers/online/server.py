@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -166,29 +167,128 @@ class Receiver:
             found.append((m, a))
         return found
 
-    def accept(self, member: int, attempt: int) -> None:
+    def accept(self, member: int, attempt: int, timeout_s: float = 60.0, watch=None) -> bool:
         """Accept member try (member, attempt), which asked to connect, and grant its credits.
 
         Collective on ``comm``. Rank 0 first writes ``<port file>.go-<member>-<attempt>``; the
         member connects only when it sees that file, so one connection is made at a time
         (MPICH's OFI netmod crashed in accept when two members connected at once: measured).
+
+        ``MPI_Comm_accept`` has no timeout, so on rank 0 a watchdog thread (no MPI calls)
+        looks after the member while the accept waits: when ``watch.alive()`` turns false,
+        or after ``timeout_s`` seconds, it calls ``watch.rescue()``, which kills the member
+        and starts a stand-in connection (:mod:`solvers.online.stand_in`) that releases
+        the accept. Once connected, rank 0 waits (non-blocking, up to ``timeout_s``) for
+        the barrier and the hello of the new connection, and tells every trainer rank the
+        verdict. Returns True when the member is connected; False (on every rank) when it
+        is not: died, silent, or replaced by a stand-in. A connection from a stand-in
+        started for an earlier accept is disconnected and the accept repeated.
         """
         MPI = mpi()
-        if self.comm.Get_rank() == 0:
+        rank0 = self.comm.Get_rank() == 0
+        if rank0:
             go = f"{self.port_file}.go-{member}-{attempt}"
             with open(go + ".tmp", "w"):
                 pass
             os.replace(go + ".tmp", go)
-        with self.mpi_lock:  # UCX-MPICH hangs when a thread probes during an accept (measured)
-            inter = self.comm.Accept(self.port if self.comm.Get_rank() == 0 else None, MPI.INFO_NULL, 0)
-            inter.Set_errhandler(MPI.ERRORS_RETURN)
-            inter.Barrier()  # both groups hold the new intercommunicator before the first message
-            conn = _Conn(inter)
-            grant = np.array([self.window], dtype=np.int64)
-            for r in range(conn.size):
-                self._sends.append((inter.Isend(grant, r, P.TAG_CREDIT), grant, conn))
+        state = {"done": False, "rescued": False, "lock": threading.Lock()}
+        if rank0 and watch is not None:
+            t = threading.Thread(target=self._watchdog, args=(member, attempt, timeout_s, watch, state),
+                                 name="online-accept-watchdog", daemon=True)
+            t.start()
+        try:
+            with self.mpi_lock:  # UCX-MPICH hangs when a thread probes during an accept (measured)
+                while True:
+                    inter = self.comm.Accept(self.port if rank0 else None, MPI.INFO_NULL, 0)
+                    with state["lock"]:  # from here rank 0 watches the member itself (in _identify)
+                        state["done"] = True
+                        rescued = state["rescued"]
+                    inter.Set_errhandler(MPI.ERRORS_RETURN)
+                    # both groups hold the new intercommunicator before the first message
+                    barrier = inter.Ibarrier()
+                    who = self._identify(inter, barrier, timeout_s, None if rescued else watch) if rank0 else None
+                    who, rescued = self.comm.bcast((who, rescued), root=0)
+                    if who == "stand-in":
+                        barrier.Wait()
+                        inter.Disconnect()
+                        if rescued:
+                            return False
+                        if rank0 and watch is not None:  # a stand-in started for an earlier accept:
+                            with state["lock"]:         # the member still waits, accept again
+                                state["done"] = False
+                            t = threading.Thread(target=self._watchdog, args=(member, attempt, timeout_s, watch,
+                                                                              state), daemon=True)
+                            t.start()
+                        continue
+                    if who != (member, attempt) or rescued:
+                        # died after connecting, or a watchdog kill raced the connect: abandon the
+                        # connection (its barrier may never complete; nothing more is sent on it)
+                        log.warning("member %d attempt %d: connection abandoned (%s)", member, attempt,
+                                    "killed while connecting" if rescued else who)
+                        return False
+                    barrier.Wait()
+                    conn = _Conn(inter)
+                    conn.member, conn.attempt = member, attempt
+                    grant = np.array([self.window], dtype=np.int64)
+                    for r in range(conn.size):
+                        self._sends.append((inter.Isend(grant, r, P.TAG_CREDIT), grant, conn))
+                    break
+        finally:
+            with state["lock"]:
+                state["done"] = True
         with self.lock:
             self.conns.append(conn)
+        return True
+
+    def _identify(self, inter, barrier, timeout_s, watch):
+        """Rank 0: who connected on ``inter``: ``(member, attempt)``, ``"stand-in"`` or a reason it is
+        not usable (no barrier or hello within ``timeout_s``, or the member died: ``watch.alive()``
+        false; ``watch`` None once a stand-in was started). Non-blocking waits."""
+        MPI = mpi()
+        status = MPI.Status()
+        deadline = time.monotonic() + timeout_s
+        hello = None
+        while True:
+            if hello is None and inter.Iprobe(0, P.TAG_HELLO, status):
+                buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+                inter.Recv(buf, 0, P.TAG_HELLO)
+                try:
+                    header, _ = P.unpack_message(buf)
+                except ValueError as exc:
+                    return f"bad hello: {exc}"
+                hello = "stand-in" if header.member == P.STAND_IN_MEMBER else (header.member, header.attempt)
+            if hello is not None and barrier.Test():
+                return hello
+            if hello != "stand-in" and watch is not None and not watch.alive():
+                return "member exited while connecting"
+            if time.monotonic() > deadline:
+                return f"no {'barrier' if hello else 'hello'} within connect_timeout_s={timeout_s}"
+            time.sleep(1e-3)
+
+    def _watchdog(self, member, attempt, timeout_s, watch, state):
+        """Rank 0, while the main thread waits in ``MPI_Comm_accept``: rescue a dead or silent member;
+        end the process if even the stand-in cannot release the accept (MPI offers no other way out)."""
+        t0 = time.monotonic()
+        while True:
+            time.sleep(0.05)
+            waited = time.monotonic() - t0
+            with state["lock"]:
+                if state["done"]:
+                    return
+                rescue = not state["rescued"] and (waited > timeout_s or not watch.alive())
+                if rescue:
+                    state["rescued"] = True
+                rescued = state["rescued"]
+            if rescue:
+                why = "exited" if waited <= timeout_s else f"did not connect in {timeout_s} s"
+                log.warning("member %d attempt %d %s: starting a stand-in connection", member, attempt, why)
+                watch.rescue()
+            elif rescued and waited > 2 * timeout_s + 30:
+                print(f"solvers.online: trainer rank 0: MPI_Comm_accept for member {member} attempt {attempt} "
+                      f"did not return {waited:.0f} s after it began, even after a stand-in connection; "
+                      f"the trainer exits (rerun it with --resume to continue from its last checkpoint)",
+                      file=sys.stderr, flush=True)
+                os._exit(75)
 
     def disconnect_finished(self, finished) -> None:
         """Disconnect the connections of ``finished`` (member, attempt) pairs. Collective on ``comm``

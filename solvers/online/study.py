@@ -33,7 +33,8 @@ Study = _section(
     "Study", name="study", members=16, concurrency=2, ranks_per_member=1, launcher="subprocess",
     command=["{python}", "-m", "solvers.online", "member", "heat1d"], mpiexec="{mpiexec}", member_timeout_s=300.0,
     silence_timeout_s=60.0, max_retries=2, partial="keep", routing="round_robin", window=4,
-    validation_members=0, seed=0, run_dir="online-run", client_timeout_s=300.0, receive="poll")
+    validation_members=0, seed=0, run_dir="online-run", client_timeout_s=300.0, receive="poll",
+    connect_timeout_s=60.0)
 Parameters = _section("Parameters", method="lhs", bounds=[[0.0, 1.0]])
 Data = _section("Data", inputs=["params", "time"], outputs=["u"], input_shape=[], output_shape=[],
                 time_scale=1.0, solver={})
@@ -67,6 +68,7 @@ class StudyConfig:
             (s.routing in ("round_robin", "one"), "study.routing", s.routing, "'round_robin' or 'one'"),
             (s.max_retries >= 0, "study.max_retries", s.max_retries, ">= 0"),
             (s.window >= 1, "study.window", s.window, ">= 1"),
+            (s.connect_timeout_s > 0, "study.connect_timeout_s", s.connect_timeout_s, "> 0"),
             (s.receive in ("poll", "thread"), "study.receive", s.receive, "'poll' or 'thread'"),
             (0 <= s.validation_members < s.members, "study.validation_members", s.validation_members,
              "0 <= n < members"),

@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from .buffers import make_buffer
-from .launcher import Launcher
+from .launcher import Launcher, MemberWatch
 from .sampling import ParameterSampler
 from .server import Receiver, Sample
 
@@ -240,6 +240,8 @@ class OnlineTrainer:
         per_step = self.study.buffer.ingest_per_step
         taken_now = 0
         exhausted_steps = 0
+        connect_failed: list = []  # rank 0: tries that did not connect, announced with the next events
+        connect_abort = ""
         try:
             while True:
                 for m, a in events["failed"]:
@@ -248,7 +250,12 @@ class OnlineTrainer:
                         self.buffer.remove_member(m)
                 t_mpi = time.perf_counter()
                 for m, a in events["accept"]:
-                    self.receiver.accept(m, a)
+                    watch = MemberWatch(self.launcher, m, a) if self.launcher is not None else None
+                    if not self.receiver.accept(m, a, self.study.study.connect_timeout_s, watch) and self.rank == 0:
+                        try:
+                            connect_failed += self.launcher.connect_failed(m, a)
+                        except TimeoutError as exc:
+                            connect_abort = str(exc)
                 self.receiver.disconnect_finished(events["disconnect"])
                 if events["accept"] or events["disconnect"]:
                     log.debug("rank %d: accept %s disconnect %s took %.3f s", self.rank, events["accept"],
@@ -284,7 +291,8 @@ class OnlineTrainer:
                     except TimeoutError as exc:
                         failed, abort = [], f"{exc}"
                     else:
-                        abort = ""
+                        abort = connect_abort
+                    failed, connect_failed = connect_failed + failed, []
                     gone = sorted(finished - disconnected)
                     disconnected.update(gone)
                     pending = {"failed": failed, "all_done": self.launcher.all_done() and not gone,

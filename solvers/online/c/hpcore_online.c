@@ -11,8 +11,10 @@
 #define MAGIC 0x48504F4E
 #define KIND_DATA 1
 #define KIND_BYE 2
+#define KIND_HELLO 3
 #define TAG_DATA 7401
 #define TAG_CREDIT 7402
+#define TAG_HELLO 7403
 #define MAX_PARAMS 8
 #define FIELD_CHARS 32
 #define HEADER_NBYTES (16 * 8 + MAX_PARAMS * 8 + FIELD_CHARS)
@@ -47,6 +49,9 @@ static int fail(const char *what) {
     fprintf(stderr, "hpcore_online: rank %d/%d: %s\n", S.rank, S.size, what);
     return 1;
 }
+
+static void header(unsigned char *out, int kind, long time_step, long local_size, const char *field);
+static void wait_draining(MPI_Request *req, const char *what);
 
 static int read_port(const char *path, char *port, double timeout_s) {
     double deadline = now_s() + timeout_s;
@@ -115,11 +120,23 @@ static int connect_to_trainer(MPI_Comm comm) {
     if (!ok) return 1;
     if (MPI_Comm_connect(port, MPI_INFO_NULL, 0, comm, &S.inter) != MPI_SUCCESS) return fail("MPI_Comm_connect failed");
     MPI_Comm_set_errhandler(S.inter, MPI_ERRORS_RETURN);
-    MPI_Barrier(S.inter);  /* both groups hold the new intercommunicator before the first message */
     MPI_Comm_remote_size(S.inter, &S.n_trainers);
     S.credits = calloc((size_t)S.n_trainers, sizeof *S.credits);
     S.acked = calloc((size_t)S.n_trainers, sizeof *S.acked);
     S.connected = 1;
+    /* both groups hold the new intercommunicator before the first message; non-blocking, as on the
+     * trainer's side (a nonblocking collective does not match a blocking one) */
+    MPI_Request barrier;
+    MPI_Ibarrier(S.inter, &barrier);
+    wait_draining(&barrier, "no barrier with the trainer after connecting within HPCORE_ONLINE_TIMEOUT_S: aborting the member");
+    if (S.rank == 0) {  /* who we are, so the trainer can tell us from a stand-in (protocol.py) */
+        unsigned char hello[HEADER_NBYTES];
+        MPI_Request req;
+        header(hello, KIND_HELLO, -1, 0, "hello");
+        if (MPI_Isend(hello, HEADER_NBYTES, MPI_BYTE, 0, TAG_HELLO, S.inter, &req) != MPI_SUCCESS)
+            return fail("MPI_Isend of the hello failed");
+        wait_draining(&req, "hello to trainer rank 0 not delivered within HPCORE_ONLINE_TIMEOUT_S: aborting the member");
+    }
     return 0;
 }
 
