@@ -76,9 +76,12 @@ def _params(run_dir):
 
 
 @pytest.mark.timeout(200)
-def test_study_two_trainer_ranks(tmp_path):
-    summary, out, _ = _train(tmp_path, ["buffer.policy=\"reservoir\"", "train.max_steps=120",
-                                        "train.min_steps_after_data=120"])
+@pytest.mark.parametrize("receive", ["poll", "thread"])
+def test_study_two_trainer_ranks(tmp_path, receive):
+    """Receiving by probes between steps (poll) or in a thread beside training (thread)."""
+    summary, out, _ = _train(tmp_path, ["buffer.policy=\"reservoir\"", "train.max_steps=2000",
+                                        "train.min_steps_after_data=60", f"study.receive=\"{receive}\""])
+    assert summary["samples_in"] == 5 * 12 and summary["messages_ignored"] == 0
     assert summary["members"]["failed"] == 0, out[-3000:]
     assert summary["n_val"] == 12  # one held-out member, 12 time steps
     assert summary["step"] >= 10
@@ -102,6 +105,29 @@ def test_killed_member_is_retried(tmp_path, sig, why):
     assert "member 2 attempt 0 failed (" + why in out, out[-3000:]
     # keep policy: every (member, time step) of the 5 training members arrives exactly once
     assert summary["samples_in"] == 5 * 12, summary["samples_in"]
+    assert summary["partial_dropped"] == {"staged": 0, "buffer": 0}
+
+
+@pytest.mark.timeout(240)
+def test_killed_member_partial_drop(tmp_path):
+    """partial = "drop": the unused samples of the killed try leave the staging queue and the buffer,
+    and the retry's time steps are all taken again (none ignored as repeats). The buffer holds every
+    sample (reservoir, capacity 200), so the count is exact: what came in less what was dropped from the
+    buffer is the 5 training members' 12 time steps, plus the killed try's samples already used."""
+    cmd = json.dumps(["{python}", os.path.join(DATA, "member_kill.py")])
+    summary, out, run_dir = _train(tmp_path, [f"study.command={cmd}", "study.partial=\"drop\"",
+                                              "buffer.policy=\"reservoir\"", "buffer.capacity=200",
+                                              "buffer.watermark=40", "train.max_steps=2000",
+                                              "train.min_steps_after_data=5"],
+                                   timeout_s=200, HPCORE_TEST_SIGNAL="KILL")
+    assert summary["members"]["failed"] == 1 and summary["members"]["done"] == 6, out[-3000:]
+    assert "member 2 attempt 0 failed (exit code" in out, out[-3000:]
+    assert summary["messages_ignored"] == 0, summary  # the retry's steps 0-3 were not seen as repeats
+    kept = summary["samples_in"] - summary["partial_dropped"]["buffer"]
+    # member 2 dies before its time step 4: at most 4 of its samples were taken from attempt 0; a
+    # watermark of 40 keeps them unused (no batch yet), so all of them leave the buffer again
+    assert kept == 5 * 12, summary
+    assert summary["partial_dropped"]["staged"] + summary["partial_dropped"]["buffer"] <= 4, summary
 
 
 DETERMINISTIC = ["study.concurrency=1", "study.validation_members=0", "buffer.ingest_per_step=3",
@@ -208,3 +234,45 @@ def test_member_failing_while_connecting_is_retried(tmp_path, fault):
     assert summary["samples_in"] == 5 * 12, summary["samples_in"]
     if fault != "exit-after-connect":
         assert "starting a stand-in connection" in out, out[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_flux_transport_members(tmp_path):
+    """Our flux-transport solver as members (2 ranks each, theta-phi decomposition): every Br map that
+    reaches the trainer equals a serial run of solvers.flux_transport with the member's parameters."""
+    from mpi4py import MPI
+
+    from solvers.flux_transport import FluxTransport, load_config
+
+    ckpt = str(tmp_path / "ckpt")
+    run_dir = str(tmp_path / "flux")
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "solvers.online", "train", os.path.join(DATA, "flux.toml"),
+           "--set", f"study.run_dir={run_dir}", "--set", f"train.checkpoint_dir={ckpt}",
+           "--set", "train.checkpoint_every=5"]
+    try:
+        rc, out = _run(cmd, 260, str(tmp_path))
+    finally:
+        if os.path.isdir(run_dir):
+            _kill_members(run_dir)
+    assert rc == 0, out[-4000:]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["members"]["done"] == 4 and summary["members"]["failed"] == 0, out[-3000:]
+    assert summary["samples_in"] == 3 * 4 and summary["n_val"] == 4
+    assert summary["history"][-1]["val_error"] < summary["history"][0]["val_error"]
+    step = int(open(os.path.join(ckpt, "latest")).read())
+    xs, ys = [], []
+    for rank in range(2):
+        with h5py.File(os.path.join(ckpt, f"step{step:08d}-rank{rank}.h5")) as f:
+            xs += list(f["validation/x"][...])
+            ys += list(f["validation/y"][...])
+    assert len(xs) == 4
+    for x, y in zip(xs, ys):
+        eta, mf, t = float(x[0]), float(x[1]), int(round(x[2] / 0.25))
+        config = load_config(None, overrides=[
+            "n_realizations=1", "grid.ntheta=31", "grid.nphi=60", f"diffusion.eta_km2_s={eta!r}",
+            f"flow.mf_p1={mf!r}", f"time.end_h={4 * 6.0!r}", "output.plots=false"])
+        model = FluxTransport(MPI.COMM_SELF, config, output=False)
+        while model.time < (t + 1) * 6.0 - 1e-9:
+            model.step()
+        np.testing.assert_allclose(y, model.gather(0).ravel(), rtol=1e-12, atol=1e-12 * np.abs(y).max())

@@ -2,7 +2,7 @@ r"""Command line of online training.
 
 ::
 
-    # trainer that starts its members itself (subprocess mpiexec jobs, or MPI_Comm_spawn):
+    # trainer that starts its members itself (each an mpiexec job that connects to the trainer's port):
     mpiexec -n 2 python -m solvers.online train study.toml [--set section.key=value ...] [--resume]
     # one MPMD launch: trainer ranks, then member ranks (groups of study.ranks_per_member):
     mpiexec -n 2 python -m solvers.online train study.toml --set study.launcher=\\"mpmd\\" \\
@@ -64,17 +64,9 @@ def main(argv=None) -> int:
     m = sub.add_parser("member", help="run one member (identity from HPCORE_ONLINE_*)")
     m.add_argument("solver", choices=["heat1d", "darcy", "flux"])
     m.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
-    e = sub.add_parser("envrun", help="set KEY=VALUE variables and exec a command (spawned members)")
-    e.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("cflags", help="print the mpicc line that builds a C member with the client")
     args = p.parse_args(argv)
 
-    if args.cmd == "envrun":
-        rest = args.rest
-        split = rest.index("--")
-        os.environ.update(dict(kv.split("=", 1) for kv in rest[:split]))
-        cmd = rest[split + 1:]
-        os.execvp(cmd[0], cmd)
     if args.cmd == "cflags":
         here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
         print(f"mpicc -O2 -I{here} your_code.c {here}/hpcore_online.c -o your_code")

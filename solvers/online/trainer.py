@@ -141,6 +141,7 @@ class OnlineTrainer:
         self.step = 0
         self.samples_seen = 0
         self.samples_in = 0
+        self.partial_dropped = [0, 0]  # partial="drop": samples of failed tries dropped (staged, unused in buffer)
         self.history: list = []
         self.busy_s = 0.0
         self.wall_s = 0.0
@@ -245,9 +246,10 @@ class OnlineTrainer:
         try:
             while True:
                 for m, a in events["failed"]:
-                    self.receiver.fail(m, a, self.study.study.partial == "drop")
+                    staged = self.receiver.fail(m, a, self.study.study.partial == "drop")
                     if self.study.study.partial == "drop":
-                        self.buffer.remove_member(m)
+                        self.partial_dropped[0] += staged
+                        self.partial_dropped[1] += self.buffer.remove_member(m)
                 t_mpi = time.perf_counter()
                 for m, a in events["accept"]:
                     watch = MemberWatch(self.launcher, m, a) if self.launcher is not None else None
@@ -365,6 +367,9 @@ class OnlineTrainer:
         summary = {**final, "busy_fraction": busy / max(self.wall_s, 1e-9), "members": counts,
                    "t0_unix": self.t0_unix,
                    "received_bytes": self.comm.allreduce(self.receiver.bytes),
+                   "messages_ignored": self.comm.allreduce(self.receiver.dropped),  # unused fields, repeated steps
+                   "partial_dropped": dict(zip(("staged", "buffer"),
+                                               self.comm.allreduce(np.array(self.partial_dropped)).tolist())),
                    "distinct_samples": final["samples_in"], "history": self.history}
         if self.rank == 0:
             import h5py
@@ -394,6 +399,7 @@ class OnlineTrainer:
             f.attrs["study"] = self.study.to_json()
             f.attrs["counters"] = json.dumps({"step": self.step, "samples_seen": self.samples_seen,
                                               "samples_in": self.samples_in, "busy_s": self.busy_s,
+                                              "partial_dropped": self.partial_dropped,
                                               "wall_s": self.wall_s, "history": self.history})
             f["model/params"] = np.asarray(self.model.params)
             opt = self.optimizer.state_dict()
@@ -483,6 +489,7 @@ class OnlineTrainer:
                 self.step, self.samples_seen = c["step"], c["samples_seen"]
                 self.samples_in, self.busy_s, self.wall_s = c["samples_in"], c["busy_s"], c["wall_s"]
                 self.history = c["history"]
+                self.partial_dropped = list(c["partial_dropped"])
         except Exception as exc:  # noqa: BLE001
             error = exc
         agree(self.comm, error)
