@@ -126,6 +126,15 @@ class OnlineTrainer:
         agree(comm, None if cfg_json == study.to_json() else
               ValueError(f"rank {self.rank}/{self.size}: study differs from rank 0's"))
         self.model, self.loss, self.optimizer = model, loss, optimizer
+        # a solvers.surrogates model on several ranks: gradient buckets reduced during backward;
+        # any other model: one allreduce of the whole gradient after backward
+        self.data_parallel = None
+        overlap = self.size > 1 and hasattr(model, "layer_ranges") and study.train.overlap
+        agree(comm, what="OnlineTrainer", overlapped_gradients=overlap)  # the same step path on every rank
+        if overlap:
+            from solvers.surrogates import DataParallel
+
+            self.data_parallel = DataParallel(comm, model, bucket_nbytes=study.train.bucket_nbytes)
         b = study.buffer
         seed = [study.train.seed, self.rank]
         self.buffer = make_buffer(b.policy, b.capacity, seed=seed, watermark=b.watermark, reuse=b.reuse)
@@ -198,6 +207,8 @@ class OnlineTrainer:
 
     # -- one step ----------------------------------------------------------------------------------
     def _train_step(self, draw: bool) -> None:
+        if self.data_parallel is not None:
+            return self._train_step_overlapped(draw)
         from comms import ring_allreduce
 
         t0 = time.perf_counter()
@@ -221,6 +232,29 @@ class OnlineTrainer:
         self.step += 1
         self.samples_seen += int(n_total)
         self.last_loss = float(work[-1] / n_total)
+        self.busy_s += time.perf_counter() - t0
+
+    def _train_step_overlapped(self, draw: bool) -> None:
+        """One step with the gradient buckets allreduced while backward runs
+        (:class:`solvers.surrogates.DataParallel`): the global sample count first (one small
+        allreduce), so each rank scales its loss gradient by ``n_local / n_total`` and the summed
+        gradients are the global batch mean; then the loss sum (one float)."""
+        t0 = time.perf_counter()
+        xb, yb = self.buffer.batch(self.study.train.batch_size) if draw else ((), ())
+        n_local = len(xb)
+        n_total = int(self.comm.allreduce(n_local))
+        self.model.grads[...] = 0
+        value = 0.0
+        dpred = None
+        if n_local:
+            pred = self.model.forward(xb)
+            value, dpred = self.loss(pred, yb)
+            dpred = dpred * (n_local / n_total)
+        self.data_parallel.backward(dpred)
+        self.optimizer.step()
+        self.step += 1
+        self.samples_seen += n_total
+        self.last_loss = float(self.comm.allreduce(value * n_local)) / n_total
         self.busy_s += time.perf_counter() - t0
 
     # -- the loop ----------------------------------------------------------------------------------
