@@ -126,6 +126,7 @@ class Receiver:
         self.received = 0
         self.bytes = 0
         self.dropped = 0
+        self.staged_high_water = 0  # most complete samples waiting to be taken at once (back-pressure bound)
         self.errors: list[str] = []
         self._stop = threading.Event()
         self.port = None
@@ -397,6 +398,7 @@ class Receiver:
                           for f in self.fields}
                 self.ready.append(Sample(header.member, header.attempt, header.time_step, entry["params"], fields,
                                          entry["credits"]))
+                self.staged_high_water = max(self.staged_high_water, len(self.ready))
 
     # -- the trainer's side -----------------------------------------------------------------------
     def available(self) -> int:

@@ -72,6 +72,12 @@ def sample_arrays(study, params, time_step, fields) -> tuple:
     return x, y
 
 
+def _max_op():
+    from hpcore.lazy_mpi import mpi
+
+    return mpi().MAX
+
+
 def _relative_errors(pred, y):
     axes = tuple(range(1, pred.ndim))
     return np.sqrt(((pred - y) ** 2).sum(axis=axes)) / np.sqrt((y ** 2).sum(axis=axes))
@@ -401,6 +407,7 @@ class OnlineTrainer:
         summary = {**final, "busy_fraction": busy / max(self.wall_s, 1e-9), "members": counts,
                    "t0_unix": self.t0_unix,
                    "received_bytes": self.comm.allreduce(self.receiver.bytes),
+                   "staged_high_water": self.comm.allreduce(self.receiver.staged_high_water, op=_max_op()),
                    "messages_ignored": self.comm.allreduce(self.receiver.dropped),  # unused fields, repeated steps
                    "partial_dropped": dict(zip(("staged", "buffer"),
                                                self.comm.allreduce(np.array(self.partial_dropped)).tolist())),
