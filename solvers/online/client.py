@@ -119,6 +119,7 @@ class Client:
         self.credits = [0] * self.n_trainers
         self.acked = [False] * self.n_trainers
         self._credit_buf = np.zeros(1, dtype=np.int64)
+        self._status = MPI.Status()
         self.closed = False
         # both groups hold the new intercommunicator before the first message; non-blocking on both
         # sides (MPI: a nonblocking collective does not match a blocking one) so a dead trainer times out
@@ -138,14 +139,23 @@ class Client:
         self.fields[field_name] = int(local_size)
 
     def _drain(self) -> None:
-        """Receive every credit message that has arrived (from any trainer rank)."""
-        for src in range(self.n_trainers):
-            while self.inter.Iprobe(src, P.TAG_CREDIT):
-                self.inter.Recv(self._credit_buf, src, P.TAG_CREDIT)
-                if self._credit_buf[0] < 0:
-                    self.acked[src] = True
-                else:
-                    self.credits[src] += int(self._credit_buf[0])
+        """Receive every credit message that has arrived (from any trainer rank).
+
+        Matched probes (``MPI_Improbe`` + ``MPI_Mrecv``) on any source, attributed by the status:
+        the message received is the one probed. (A source-specific probe can match another rank's
+        message on the libfabric sockets provider of the MPICH wheel: see the server's docstring.)"""
+        MPI = mpi()
+        status = self._status
+        while True:
+            msg = self.inter.Improbe(MPI.ANY_SOURCE, P.TAG_CREDIT, status)
+            if msg is None:
+                return
+            src = status.Get_source()
+            msg.Recv(self._credit_buf)
+            if self._credit_buf[0] < 0:
+                self.acked[src] = True
+            else:
+                self.credits[src] += int(self._credit_buf[0])
 
     def _wait(self, done, what: str) -> None:
         """Drain credits until ``done()``; a member never blocks in MPI while the trainer sends to it."""

@@ -14,7 +14,22 @@ Why not accept in a thread: with the MPICH 5.0.2 wheel a thread blocked in
 allreduce in the main thread never returns), so accepting happens in the main
 thread, only when a member is known to be connecting.
 
-A second thread on each rank probes every open connection (``MPI_Iprobe``),
+Why a barrier on each new connection, and matched probes: with the MPICH wheel's
+OFI netmod (libfabric 2.5.1, ``sockets`` provider) a message from a peer that the
+receiver has not yet entered in its address table arrives with source address
+``FI_ADDR_NOTAVAIL``, which equals ``FI_ADDR_UNSPEC`` and so matches *any*
+source-specific receive or probe with the same tag and communicator. Accept and
+connect insert the remote addresses on each rank only after the root ranks have
+exchanged them (MPICH ``ch4_comm.c``), so a message sent right after connecting can
+be taken by a receive posted for another rank: measured, a member counted trainer
+rank 1's credits as rank 0's, never sent to rank 1, and rank 1 "lost" its data
+(MPICH PR 6293; libfabric's fix is in no release yet). A rank leaves the
+intercommunicator barrier only after every remote rank entered it, that is, after
+its accept or connect inserted every address, so nothing is sent on a connection
+before its barrier completes; and receives are matched probes (``MPI_Improbe`` then
+``MPI_Mrecv``) attributed by the status, never a directed receive after a probe.
+
+A second thread on each rank probes every open connection (``MPI_Improbe``),
 receives messages, assembles the parts of each (member, time step) from all
 member ranks and all required fields into a sample and queues it; training never
 waits for a member: the main thread takes complete samples between steps
@@ -250,9 +265,10 @@ class Receiver:
         deadline = time.monotonic() + timeout_s
         hello = None
         while True:
-            if hello is None and inter.Iprobe(0, P.TAG_HELLO, status):
+            msg = inter.Improbe(0, P.TAG_HELLO, status) if hello is None else None
+            if msg is not None:
                 buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
-                inter.Recv(buf, 0, P.TAG_HELLO)
+                msg.Recv(buf)
                 try:
                     header, _ = P.unpack_message(buf)
                 except ValueError as exc:
@@ -346,10 +362,11 @@ class Receiver:
             conns = [c for c in self.conns if not (c.dead or c.closed or c.byes == c.size)]
         for conn in conns:
             try:
-                if not conn.inter.Iprobe(MPI.ANY_SOURCE, P.TAG_DATA, status):
+                msg = conn.inter.Improbe(MPI.ANY_SOURCE, P.TAG_DATA, status)
+                if msg is None:
                     continue
                 buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
-                conn.inter.Recv(buf, status.Get_source(), P.TAG_DATA)
+                msg.Recv(buf)  # exactly the probed message (a directed Recv could match another's)
             except Exception as exc:  # noqa: BLE001 - a member died: its connection is abandoned
                 conn.dead = True
                 self.errors.append(f"member {conn.member}: {exc}")

@@ -160,18 +160,20 @@ static void header(unsigned char *out, int kind, long time_step, long local_size
     strncpy((char *)out + 192, field, FIELD_CHARS - 1);
 }
 
-/* Receive every credit message that has arrived; -1 is a trainer rank's goodbye acknowledgement. */
+/* Receive every credit message that has arrived; -1 is a trainer rank's goodbye acknowledgement.
+ * Matched probes on any source, attributed by the status (a source-specific probe can match another
+ * rank's message on the libfabric sockets provider: see solvers/online/server.py). */
 static void drain(void) {
-    for (int src = 0; src < S.n_trainers; ++src) {
-        int flag = 1;
-        while (flag) {
-            MPI_Iprobe(src, TAG_CREDIT, S.inter, &flag, MPI_STATUS_IGNORE);
-            if (flag) {
-                int64_t n;
-                MPI_Recv(&n, 1, MPI_INT64_T, src, TAG_CREDIT, S.inter, MPI_STATUS_IGNORE);
-                if (n < 0) S.acked[src] = 1; else S.credits[src] += n;
-            }
-        }
+    for (;;) {
+        int flag;
+        MPI_Message msg;
+        MPI_Status st;
+        MPI_Improbe(MPI_ANY_SOURCE, TAG_CREDIT, S.inter, &flag, &msg, &st);
+        if (!flag) return;
+        int64_t n;
+        MPI_Mrecv(&n, 1, MPI_INT64_T, &msg, MPI_STATUS_IGNORE);
+        if (st.MPI_SOURCE < 0 || st.MPI_SOURCE >= S.n_trainers) continue;
+        if (n < 0) S.acked[st.MPI_SOURCE] = 1; else S.credits[st.MPI_SOURCE] += n;
     }
 }
 
