@@ -1,7 +1,9 @@
 """Online vs offline surrogate training on one Darcy study: wall time to a test error, samples/s,
 trainer busy fraction, disk bytes; a PNG of test error vs wall time.
 
-    python -m benchmarks.online_vs_offline [--members 16] [--steps 300] [--concurrency 2] [--out DIR]
+    python -m benchmarks.online_vs_offline [--budget-s 40] [--online-members 64] [--members 16] \
+        [--concurrency 2] [--out DIR]          # same wall time (default)
+    python -m benchmarks.online_vs_offline --budget-s 0 [--steps 300]   # offline: fixed steps
 
 Both runs use the same study (``tests/data/online/darcy.toml``: 16 Darcy members x 16 samples at
 16x16, FNO), the same model, optimizer, batch (8 per rank), 2 trainer ranks and the same number of
@@ -11,6 +13,11 @@ time) write HDF5 files, then ``mpiexec -n 2`` trainer ranks read them and train 
 The test set (32 samples of other GRF seeds) is made before either clock starts. Each phase is a
 separate MPI launch from this driver; wall times are the driver's clock. The machine line
 (load average) is printed at the start and the end.
+
+``--budget-s T`` compares at the same wall time, Melissa's way: online trains for T seconds while
+members with new parameters keep streaming (up to ``--online-members``), so it sees as many distinct
+samples as the members produce meanwhile; offline generates ``--members`` members to HDF5, then
+trains until its whole run is as long as online's. Both end at the same wall time.
 """
 
 from __future__ import annotations
@@ -131,7 +138,15 @@ def _offline_train(args):
     history = []
     bs = study.train.batch_size
     load_s = time.perf_counter() - t0
-    for step in range(1, args.steps + 1):
+    deadline = args.deadline_unix
+    step = 0
+    while True:
+        if deadline:  # same-budget mode: train until the driver's deadline (rank 0's clock decides)
+            if comm.bcast(time.time() >= deadline if comm.Get_rank() == 0 else None, root=0):
+                break
+        elif step >= args.steps:
+            break
+        step += 1
         if len(order) < bs:
             order.extend(rng.permutation(mine).tolist())
         idx, order = order[:bs], order[bs:]
@@ -142,6 +157,10 @@ def _offline_train(args):
             e = trainer.evaluate()
             history.append({"step": step, "wall_s": time.perf_counter() - t0, "test_error": e["test_error"],
                             "samples_seen": trainer.samples_seen})
+    if not history or history[-1]["step"] != step:
+        e = trainer.evaluate()
+        history.append({"step": step, "wall_s": time.perf_counter() - t0, "test_error": e["test_error"],
+                        "samples_seen": trainer.samples_seen})
     wall = time.perf_counter() - t0
     busy = comm.allreduce(trainer.busy_s) / comm.Get_size()
     if comm.Get_rank() == 0:
@@ -162,6 +181,16 @@ def _at(history, wall):
     return best
 
 
+def _smoothed(history, k: int = 5):
+    """Running median of the test error over the last ``k`` evaluations (both curves swing by 3-4x
+    from one evaluation to the next at a fixed learning rate: single points would decide the ratios)."""
+    out = []
+    for i, h in enumerate(history):
+        window = [g["test_error"] for g in history[max(0, i - k + 1):i + 1]]
+        out.append({**h, "test_error": float(np.median(window))})
+    return out
+
+
 def _first_below(history, err):
     for h in history:
         if h["test_error"] <= err:
@@ -177,9 +206,15 @@ def drive(args) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     print(_machine(), flush=True)
-    print(f"study: {args.members} Darcy members x 16 samples (16x16), FNO, 2 trainer ranks, "
-          f"{args.concurrency} members at a time, batches of 2 x 8 samples; offline: {args.steps} steps after "
-          f"generation; online: until every member is done and >= {args.steps} steps", flush=True)
+    if args.budget_s > 0:
+        print(f"same wall-time budget: online streams up to {args.online_members} Darcy members (16 samples "
+              f"each, 16x16) for {args.budget_s:g} s of training; offline generates {args.members} members to "
+              f"HDF5, then trains until its whole run is as long as online's. FNO, 2 trainer ranks, "
+              f"{args.concurrency} members at a time, batches of 2 x 8 samples", flush=True)
+    else:
+        print(f"study: {args.members} Darcy members x 16 samples (16x16), FNO, 2 trainer ranks, "
+              f"{args.concurrency} members at a time, batches of 2 x 8 samples; offline: {args.steps} steps after "
+              f"generation; online: until every member is done and >= {args.steps} steps", flush=True)
     test = os.path.join(out, "test.h5")
     py = sys.executable
     _run(["mpiexec", "-n", "1", py, "-m", "benchmarks.online_vs_offline", "make-test", test],
@@ -188,13 +223,19 @@ def drive(args) -> int:
     # every member is done and at least --steps steps are taken (reservoir: reuse while data trickle in)
     sets = [f"study.members={args.members}", f"study.concurrency={args.concurrency}", f"train.test_file={test}",
             "train.max_steps=1000000", "buffer.policy=\"reservoir\"", f"train.min_steps={args.steps}"]
+    budget = args.budget_s > 0
+    online_sets = sets
+    if budget:  # same wall time for both: online streams new members until the budget is spent
+        online_sets = [f"study.members={args.online_members}", f"study.concurrency={args.concurrency}",
+                       f"train.test_file={test}", "train.max_steps=1000000", "buffer.policy=\"reservoir\"",
+                       f"buffer.capacity={16 * args.online_members}", f"train.max_wall_s={args.budget_s}"]
 
     # online
     run_on = os.path.join(out, "online")
     t0 = time.perf_counter()
     start_on = time.time()
     _run(["mpiexec", "-n", "2", py, "-m", "solvers.online", "train", STUDY, "--set", f"study.run_dir={run_on}",
-          *[a for s in sets for a in ("--set", s)]], os.path.join(out, "online.log"))
+          *[a for s in online_sets for a in ("--set", s)]], os.path.join(out, "online.log"))
     online_wall = time.perf_counter() - t0
     with open(os.path.join(run_on, "summary.json")) as f:
         on = json.load(f)
@@ -221,8 +262,10 @@ def drive(args) -> int:
     disk = sum(os.path.getsize(p) for p in glob.glob(os.path.join(data, "*.h5")))
     run_off = os.path.join(out, "offline")
     os.makedirs(run_off, exist_ok=True)
+    # same-budget mode: offline trains until its whole run (generation included) is as long as online's
+    deadline = ["--deadline-unix", repr(start_off + online_wall)] if budget else []
     _run(["mpiexec", "-n", "2", py, "-m", "benchmarks.online_vs_offline", "offline-train", data, test, run_off,
-          str(args.steps)], os.path.join(out, "offline.log"))
+          str(args.steps), *deadline], os.path.join(out, "offline.log"))
     offline_wall = time.perf_counter() - t0
     with open(os.path.join(run_off, "offline.json")) as f:
         off = json.load(f)
@@ -233,17 +276,21 @@ def drive(args) -> int:
     off_shift = off["t0_unix"] - start_off
     on_hist = [{"wall_s": on_shift + h["wall_s"], "test_error": h["test_error"]} for h in on["history"]]
     off_hist = [{"wall_s": off_shift + h["wall_s"], "test_error": h["test_error"]} for h in off["history"]]
+    raw_on, raw_off = on_hist, off_hist
+    on_hist, off_hist = _smoothed(on_hist), _smoothed(off_hist)
     off_final = off_hist[-1]["test_error"]
     on_final = on_hist[-1]["test_error"]
     t_on = _first_below(on_hist, off_final)
-    same_wall = offline_wall  # online's error when offline ends (its final one if it ended sooner)
+    # online's error when offline ends (its final one if it ended sooner); same-budget: both ends
+    same_wall = max(offline_wall, online_wall) if budget else offline_wall
     rows = [
         ("wall time, whole run [s]", f"{online_wall:.1f}", f"{offline_wall:.1f}"),
         ("  of which data generation before training [s]", "0 (overlapped)", f"{gen_s:.1f}"),
-        ("final test error (rel. L2)", f"{on_final:.4f}", f"{off_final:.4f}"),
+        ("final test error (rel. L2, median of the last 5 evaluations)", f"{on_final:.4f}", f"{off_final:.4f}"),
         ("wall time to offline's final test error [s]", f"{t_on:.1f}", f"{offline_wall:.1f}"),
-        (f"test error at {same_wall:.0f} s (offline's end)", f"{_at(on_hist, same_wall):.4f}",
-         f"{_at(off_hist, same_wall):.4f}"),
+        (f"test error at {same_wall:.0f} s ({'both ends' if budget else 'offline' + chr(39) + 's end'})",
+         f"{_at(on_hist, same_wall):.4f}", f"{_at(off_hist, same_wall):.4f}"),
+        ("members run to the end", f"{on['members']['done']}", f"{args.members}"),
         ("training steps", f"{on['step']}", f"{off['history'][-1]['step']}"),
         ("distinct training samples", f"{on['distinct_samples']}", f"{off['distinct_samples']}"),
         ("samples/s (trained, incl. reuse)", f"{on['samples_seen'] / on['wall_s']:.1f}",
@@ -263,14 +310,17 @@ def drive(args) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([h["wall_s"] for h in on_hist], [h["test_error"] for h in on_hist], "o-", label="online")
-        ax.plot([h["wall_s"] for h in off_hist], [h["test_error"] for h in off_hist], "s-", label="offline (HDF5)")
+        curves = ((raw_on, on_hist, "C0", "online"), (raw_off, off_hist, "C1", "offline (HDF5)"))
+        for raw, smooth, style, label in curves:
+            ax.plot([h["wall_s"] for h in raw], [h["test_error"] for h in raw], color=style, lw=0.6, alpha=0.35)
+            ax.plot([h["wall_s"] for h in smooth], [h["test_error"] for h in smooth], color=style, lw=2,
+                    label=f"{label} (running median of 5)")
         ax.axvline(gen_s, color="grey", ls=":", label="offline data ready")
         ax.set_xlabel("wall time [s]")
         ax.set_ylabel("test error (relative L2)")
         ax.set_yscale("log")
         ax.legend()
-        ax.set_title(f"Darcy 16x16, {args.members} members, 2 trainer ranks")
+        ax.set_title(f"Darcy 16x16, 2 trainer ranks, {args.concurrency} member(s) at a time", fontsize=10)
         fig.tight_layout()
         png = os.path.join(out, "online_vs_offline.png")
         fig.savefig(png, dpi=120)
@@ -287,6 +337,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--out", default="online_vs_offline_out")
+    parser.add_argument("--budget-s", type=float, default=40.0,
+                        help="same wall time: online trains this long on a stream of --online-members "
+                             "(0: the fixed-steps comparison)")
+    parser.add_argument("--online-members", type=int, default=64)
 
 
 def run(args, markdown: bool = False) -> int:
@@ -305,6 +359,8 @@ def main(argv=None) -> int:
         q.add_argument("--steps", type=int, default=300)
         q.add_argument("--concurrency", type=int, default=2)
         q.add_argument("--out", default="online_vs_offline_out")
+        q.add_argument("--budget-s", type=float, default=40.0)
+        q.add_argument("--online-members", type=int, default=64)
     t = sub.add_parser("make-test")
     t.add_argument("path")
     t.add_argument("--n", type=int, default=32)
@@ -320,6 +376,7 @@ def main(argv=None) -> int:
     o.add_argument("test")
     o.add_argument("run_dir")
     o.add_argument("steps", type=int)
+    o.add_argument("--deadline-unix", type=float, default=0.0)
     args = p.parse_args(argv)
     if args.cmd == "make-test":
         _make_test(args)

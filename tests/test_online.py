@@ -134,3 +134,7 @@ def test_study_checks(tmp_path):
         load_study(data={"train": {"max_step": 3}})
     with pytest.raises(StudyError, match="unknown section"):
         load_study(data={"trainer": {}})
+    with pytest.raises(StudyError, match="train.max_wall_s"):
+        load_study(data={"train": {"max_wall_s": -1.0}})
+    with pytest.raises(StudyError, match="study.connect_timeout_s"):
+        load_study(data={"study": {"connect_timeout_s": 0.0}})

@@ -276,3 +276,13 @@ def test_flux_transport_members(tmp_path):
         while model.time < (t + 1) * 6.0 - 1e-9:
             model.step()
         np.testing.assert_allclose(y, model.gather(0).ravel(), rtol=1e-12, atol=1e-12 * np.abs(y).max())
+
+
+@pytest.mark.timeout(200)
+def test_wall_time_limit_stops_every_rank(tmp_path):
+    """train.max_wall_s: rank 0's clock decides, every rank stops on the same step; members still
+    running are killed (the launcher's shutdown)."""
+    summary, out, _ = _train(tmp_path, ["train.max_wall_s=6", "train.max_steps=1000000",
+                                        "study.members=40", "study.validation_members=0"])
+    assert 6 <= summary["wall_s"] < 40, summary["wall_s"]
+    assert summary["members"]["done"] < 40 and summary["step"] > 0, out[-3000:]

@@ -41,7 +41,8 @@ Data = _section("Data", inputs=["params", "time"], outputs=["u"], input_shape=[]
 BufferCfg = _section("BufferCfg", policy="firo", capacity=256, watermark=16, reuse=4, ingest_per_step=0)
 Train = _section("Train", batch_size=16, max_steps=1000, lr=1e-3, loss="l2rel", validate_every=50,
                  checkpoint_every=0, checkpoint_dir="", test_file="", log_every=50, seed=0,
-                 min_steps_after_data=0, min_steps=0, overlap=True, bucket_nbytes=1 << 20)
+                 min_steps_after_data=0, min_steps=0, overlap=True, bucket_nbytes=1 << 20,
+                 max_wall_s=0.0)
 
 
 @dataclasses.dataclass
@@ -79,6 +80,7 @@ class StudyConfig:
             (t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1"),
             (t.bucket_nbytes >= 1, "train.bucket_nbytes", t.bucket_nbytes, ">= 1"),
             (t.max_steps >= 1, "train.max_steps", t.max_steps, ">= 1"),
+            (t.max_wall_s >= 0, "train.max_wall_s", t.max_wall_s, ">= 0 (0: no limit)"),
             (t.loss in ("l2rel", "mse"), "train.loss", t.loss, "'l2rel' or 'mse'"),
             (len(self.data.outputs) >= 1, "data.outputs", self.data.outputs, "at least one field"),
         ]

@@ -13,7 +13,8 @@ watermark or drained while others can draw: ranks never wait for each other's
 data), computes its gradient, and one ring allreduce
 (:func:`comms.ring_allreduce`) sums ``n_local * grad``, ``n_local`` and the loss;
 the weighted mean is the gradient of the global batch, identical on every rank,
-so the models stay bitwise equal. Stop: at ``train.max_steps``, or when no rank
+so the models stay bitwise equal. Stop: at ``train.max_steps``, after
+``train.max_wall_s`` seconds (rank 0's clock, announced with the events), or when no rank
 will get more data and no rank can draw a batch.
 
 Checkpoints (HDF5, one file per rank and step, a ``latest`` pointer written after
@@ -337,10 +338,12 @@ class OnlineTrainer:
                     failed, connect_failed = connect_failed + failed, []
                     gone = sorted(finished - disconnected)
                     disconnected.update(gone)
+                    out_of_time = bool(tr.max_wall_s) and time.perf_counter() - t_start >= tr.max_wall_s
                     pending = {"failed": failed, "all_done": self.launcher.all_done() and not gone,
+                               "out_of_time": out_of_time,
                                "accept": [x for x in self.receiver.connecting() if self.launcher.is_running(*x)],
                                "disconnect": gone, "abort": abort}
-                if self.step >= tr.max_steps:
+                if self.step >= tr.max_steps or events.get("out_of_time"):
                     # members started beside the trainer (MPMD) cannot be killed: serve them to the end,
                     # dropping their data; subprocess members are killed by the launcher's shutdown
                     if self.study.study.launcher != "mpmd" or all_exhausted:
