@@ -138,3 +138,32 @@ def test_study_checks(tmp_path):
         load_study(data={"train": {"max_wall_s": -1.0}})
     with pytest.raises(StudyError, match="study.connect_timeout_s"):
         load_study(data={"study": {"connect_timeout_s": 0.0}})
+
+
+def test_launcher_retries_then_redraws(tmp_path):
+    """Bookkeeping of failures (no processes): max_retries tries with the same parameters, then the
+    parameters are redrawn and the count starts again; every try has its own attempt number."""
+    import time
+
+    from solvers.online.launcher import Launcher
+    from solvers.online.sampling import ParameterSampler
+
+    study = load_study(data={"study": {"members": 3, "max_retries": 2, "run_dir": str(tmp_path)},
+                             "parameters": {"bounds": [[0.0, 1.0], [5.0, 6.0]]}})
+    sampler = ParameterSampler(study.parameters.bounds, study.parameters.method, study.study.seed)
+    launcher = Launcher(study, str(tmp_path / "ports.txt"), sampler)
+    first = list(launcher.records[1]["params"])
+    seen = []
+    for attempt in range(4):
+        rec = launcher.records[1]
+        rec["state"], rec["tries"] = "running", rec["tries"] + 1  # what _start does, without a process
+        launcher.running[1] = {"proc": None, "start": time.time(), "attempt": rec["attempt"]}
+        failed = launcher.connect_failed(1, attempt)
+        assert failed == [(1, attempt)] and launcher.queue[0] == 1
+        seen.append((rec["attempt"], list(rec["params"]), rec["redraws"]))
+    assert [s[0] for s in seen] == [1, 2, 3, 4]
+    assert seen[0][1] == first and seen[1][1] == first  # retries 1 and 2 keep the parameters
+    assert seen[2][1] != first and seen[2][2] == 1      # then they are redrawn, within the bounds
+    assert 0 <= seen[2][1][0] <= 1 and 5 <= seen[2][1][1] <= 6
+    assert launcher.counts()["failed"] == 4
+    assert launcher.connect_failed(1, 0) == []  # a stale try: nothing to fail
