@@ -61,6 +61,17 @@ class Request:
             r.wait()
 
 
+_PLAIN_DTYPES: dict = {}
+
+
+def _plain_dtype(dtype) -> bool:
+    """Whether ``dtype`` holds plain bytes (no object references, not NumPy's StringDType), cached."""
+    ok = _PLAIN_DTYPES.get(dtype)
+    if ok is None:
+        ok = _PLAIN_DTYPES[dtype] = not dtype.hasobject and dtype.kind != "T"
+    return ok
+
+
 class Comm:
     """Point-to-point messages of (buffer, datatype, count) on host or device buffers.
 
@@ -91,6 +102,7 @@ class Comm:
         self.method = method
         self.pool = BufferPool()
         self.counts: dict = {m: 0 for m in perfmodel.METHODS}
+        self._byte = _mpi().BYTE  # MPI is initialized: the communicator exists
 
     @property
     def rank(self) -> int:
@@ -213,13 +225,13 @@ class Comm:
     def _whole_host_array(self, buf, datatype, count, method, writable: bool):
         """``[buf, MPI.BYTE]`` when the message is all of a C-contiguous NumPy array and
         nothing forces a method: MPI's own path, chosen without the model or a pack
-        plan (the common case costs ~1 us here instead of ~5). Else None."""
+        plan (the common case costs ~0.3 us here instead of ~5). Else None."""
         if (datatype is None and count == 1 and method is None and self.method is None
-                and type(buf) is np.ndarray and buf.flags.c_contiguous
-                and (not writable or buf.flags.writeable)
-                and not buf.dtype.hasobject and buf.dtype.kind != "T"):  # references: refused below
-            self.counts["mpi"] += 1
-            return [buf, _mpi().BYTE]
+                and type(buf) is np.ndarray):
+            flags = buf.flags  # a new object per access: read it once
+            if flags.c_contiguous and (not writable or flags.writeable) and _plain_dtype(buf.dtype):
+                self.counts["mpi"] += 1
+                return [buf, self._byte]
         return None
 
     def send(self, buf, dest: int, tag: int = 0, *, datatype=None, count: int = 1,
