@@ -1,4 +1,12 @@
-"""Backward-Euler diffusion through petsc4py's KSP: ``A (I - dt L) f_new = A f_old`` (symmetric form)."""
+"""Backward-Euler diffusion through petsc4py's KSP: ``W (I - dt L) f_new = W f_old`` (symmetric form).
+
+``L`` is the explicit solver's operator (HipFT's five-point ``div(eta grad Br)`` with
+its metric factors and caps, :meth:`SphereGrid.diffusion_factors`), so implicit and
+explicit runs discretize the same equation in space. ``W`` is diagonal: for a cell
+``(j, k)``, ``w = h_dt(j) dp(k) / st_i(j)``, which makes ``W L`` symmetric, since
+``w_j an_j = w_{j-1} as_{j-1}`` and ``w_k pw_k = w_{k-1} pe_{k-1}``. For a cap it is
+chosen so that the cap-to-ring coupling is symmetric too.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +25,9 @@ class ImplicitDiffusion:
     Collective on the group (``domain.decomp.comm``) to build and to :meth:`step`.
     Unknowns: every non-cap cell of this rank (row-major), plus one unknown per
     cap, owned by the rank at phi coordinate 0 of the cap's process row. Rows
-    are scaled by the cell area, which makes the matrix symmetric positive
-    definite (CG with a Jacobi preconditioner by default; PETSc options with the
+    are scaled by the weights ``W`` of the module docstring (:attr:`weights`,
+    :attr:`cap_weights`), which make the matrix symmetric positive definite
+    (CG with a Jacobi preconditioner by default; PETSc options with the
     prefix ``ft_`` override, e.g. ``-ft_ksp_type gmres``). The global numbering of
     neighbours comes from one halo exchange of a field of indices. Unlike the
     explicit schemes, a Krylov solve sums over ranks: results agree across rank
@@ -72,18 +81,28 @@ class ImplicitDiffusion:
             interior[d.ntl - 1] = south_idx
         d.halo.exchange(idx)
         self.idx = idx.astype(np.int64)
-        # indices of the ring next to each cap, gathered in phi order on the cap owner
+        # indices (and global columns) of the ring next to each cap, gathered on the cap owner
         self.ring_north = self._ring(1) if d.poles.north else None
         self.ring_south = self._ring(d.ntl - 2) if d.poles.south else None
         self.cache: OrderedDict = OrderedDict()
-        self.area = grid.cell_area
+        # the operator's factors and the symmetrizing weights W (module docstring)
+        self.factors = f = grid.diffusion_factors()
+        rows = d.row0 + self.inner_rows
+        self.cols = (d.col0 + np.arange(d.npl)) % grid.nphi
+        row_w = grid.h_dt[rows] / grid.h_st_i[rows]
+        self.weights = row_w[:, None] * f["dp"][self.cols][None, :]  # (inner rows, npl)
+        nt = grid.ntheta
+        self.cap_weights = (grid.h_dt[1] / grid.h_st_i[1] * f["an"][1] / (2.0 * f["cap_n"]),
+                            grid.h_dt[nt - 2] / grid.h_st_i[nt - 2] * f["as"][nt - 2] / (2.0 * f["cap_s"]))
 
-    def _ring(self, local_row: int) -> np.ndarray:
+    def _ring(self, local_row: int) -> tuple:
+        """(global unknown index, global phi column) of the ring cells next to a cap, all ranks of
+        the cap's process row. Collective on the pole row communicator."""
         d = self.domain
         g = GHOST
-        mine = self.idx[g + local_row, g:g + d.npl].copy()
+        mine = (self.idx[g + local_row, g:g + d.npl].copy(), (d.col0 + np.arange(d.npl)) % self.grid.nphi)
         parts = d.poles.row_comm.allgather(mine)
-        return np.concatenate(parts)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _matrix(self, eta: float, dt: float):
         key = (eta, dt)
@@ -92,34 +111,34 @@ class ImplicitDiffusion:
             return self.cache[key]
         PETSc = self.PETSc
         d = self.domain
-        grid = self.grid
         g = GHOST
-        nphi = grid.nphi
         A = PETSc.Mat().createAIJ(size=((self.n_local, self.total), (self.n_local, self.total)),
                                   nnz=(5, 4), comm=self.comm)
         A.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, False)
-        half = np.sin(0.5 * grid.dtheta)
-        for li in self.inner_rows:
+        f = self.factors
+        ed = eta * dt
+        for i, li in enumerate(self.inner_rows):
             j = d.row0 + li
-            area = grid.cell_area[j]
-            denom = grid.dtheta * 2.0 * grid.sin_theta[j] * half
-            cn = grid.sin_faces[j - 1] / denom
-            cs = grid.sin_faces[j] / denom
-            cp = grid.dtheta / (2.0 * grid.sin_theta[j] ** 2 * half * grid.dphi ** 2)
+            a_n, a_s, s_j = f["an"][j], f["as"][j], f["s"][j]
             for k in range(d.npl):
+                w = self.weights[i, k]
+                c = self.cols[k]
+                cw, ce = s_j * f["pw"][c], s_j * f["pe"][c]
                 row = int(self.idx[g + li, g + k])
                 cols = [row, int(self.idx[g + li - 1, g + k]), int(self.idx[g + li + 1, g + k]),
                         int(self.idx[g + li, g + k - 1]), int(self.idx[g + li, g + k + 1])]
-                vals = [area * (1.0 + dt * eta * (cn + cs + 2 * cp)), -area * dt * eta * cn,
-                        -area * dt * eta * cs, -area * dt * eta * cp, -area * dt * eta * cp]
+                vals = [w * (1.0 + ed * (a_n + a_s + cw + ce)), -w * ed * a_n, -w * ed * a_s, -w * ed * cw,
+                        -w * ed * ce]
                 A.setValues(row, cols, vals, addv=PETSc.InsertMode.ADD_VALUES)
-        cap = grid.cap_area
-        cpole = grid.sin_faces[0] * grid.dphi / (grid.dtheta * cap)
-        for own, ring, pidx in ((self.own_north, self.ring_north, self.north_idx),
-                                (self.own_south, self.ring_south, self.south_idx)):
+        for own, ring, pidx, w, cap in ((self.own_north, self.ring_north, self.north_idx, self.cap_weights[0],
+                                         f["cap_n"]),
+                                        (self.own_south, self.ring_south, self.south_idx, self.cap_weights[1],
+                                         f["cap_s"])):
             if own:
-                cols = [pidx] + [int(c) for c in ring]
-                vals = [cap * (1.0 + dt * eta * nphi * cpole)] + [-cap * dt * eta * cpole] * nphi
+                ring_idx, ring_col = ring
+                coupling = 2.0 * cap * f["dp"][ring_col]  # L_cap = sum_k 2 eta cap dp_k (x_k - x_cap)
+                cols = [pidx] + [int(c) for c in ring_idx]
+                vals = [w * (1.0 + ed * coupling.sum())] + list(-w * ed * coupling)
                 A.setValues(pidx, cols, vals, addv=PETSc.InsertMode.ADD_VALUES)
         A.assemble()
         ksp = PETSc.KSP().create(comm=self.comm)
@@ -147,11 +166,11 @@ class ImplicitDiffusion:
         for r in range(nr):
             A, ksp = self._matrix(float(self.op.eta[r]), float(dt))
             interior = np.asarray(host[g:g + d.ntl, g:g + d.npl, r])
-            rhs = [(interior[self.inner_rows] * self.grid.cell_area[d.row0 + self.inner_rows][:, None]).ravel()]
+            rhs = [(interior[self.inner_rows] * self.weights).ravel()]
             if self.own_north:
-                rhs.append(np.array([interior[0, 0] * self.grid.cap_area]))
+                rhs.append(np.array([interior[0, 0] * self.cap_weights[0]]))
             if self.own_south:
-                rhs.append(np.array([interior[d.ntl - 1, 0] * self.grid.cap_area]))
+                rhs.append(np.array([interior[d.ntl - 1, 0] * self.cap_weights[1]]))
             b = PETSc.Vec().createWithArray(np.concatenate(rhs) if rhs else np.zeros(0), comm=self.comm)
             x = b.duplicate()
             x.set(0.0)
