@@ -286,3 +286,46 @@ def test_wall_time_limit_stops_every_rank(tmp_path):
                                         "study.members=40", "study.validation_members=0"])
     assert 6 <= summary["wall_s"] < 40, summary["wall_s"]
     assert summary["members"]["done"] < 40 and summary["step"] > 0, out[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_member_exiting_without_finalize_is_retried(tmp_path):
+    """Exit code 0 without the goodbye: the trainer would wait for that connection forever; after a grace
+    period the try counts as failed, its connection is dropped, the member reruns and the study ends."""
+    cmd = json.dumps(["{python}", os.path.join(DATA, "member_connect_fault.py")])
+    summary, out, _ = _train(tmp_path, [f"study.command={cmd}", "train.max_steps=2000"], timeout_s=200,
+                             HPCORE_TEST_CONNECT_FAULT="no-finalize")
+    assert "member 2 attempt 0 failed (exit code 0 without finalize" in out, out[-3000:]
+    assert summary["members"]["failed"] == 1 and summary["members"]["done"] == 6, out[-3000:]
+    assert summary["samples_in"] == 5 * 12, summary["samples_in"]
+
+
+def _train_failing(tmp_path, sets, timeout_s=120):
+    run_dir = str(tmp_path / "run")
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "solvers.online", "train", STUDY,
+           "--set", f"study.run_dir={run_dir}", *[a for s in sets for a in ("--set", s)]]
+    try:
+        return _run(cmd, timeout_s, str(tmp_path))
+    finally:
+        if os.path.isdir(run_dir):
+            _kill_members(run_dir)
+
+
+@pytest.mark.timeout(180)
+def test_broken_member_command_stops_the_study(tmp_path):
+    """Every try fails: after study.max_failures the study stops on every rank with the reason."""
+    cmd = json.dumps(["{python}", "-c", "import sys; sys.exit(3)"])
+    rc, out = _train_failing(tmp_path, [f"study.command={cmd}", "study.max_failures=4"])
+    assert rc != 0
+    assert "more than study.max_failures=4" in out, out[-3000:]
+
+
+@pytest.mark.timeout(180)
+def test_member_data_that_do_not_fit_the_model_stop_every_rank(tmp_path):
+    """Members send 16 values where the model predicts 32: every trainer rank stops with the member,
+    its time step and the shapes named (no rank left waiting in a collective)."""
+    sets = ["study.command=[\"{python}\", \"-m\", \"solvers.online\", \"member\", \"heat1d\", \"--option\", "
+            "\"n=16\", \"--option\", \"steps=12\"]"]
+    rc, out = _train_failing(tmp_path, sets)
+    assert rc != 0
+    assert "online training stopped" in out and "the model maps input (3,) to (32,)" in out, out[-3000:]

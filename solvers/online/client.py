@@ -104,15 +104,19 @@ class Client:
         agree(comm, error)
         ports = comm.bcast(ports, root=0)
         if self.rank == 0:  # ask the trainer to accept (between two of its steps); connect on its answer
-            open(f"{server}.connect-{self.member}-{self.attempt}", "w").close()
-            go = f"{server}.go-{self.member}-{self.attempt}"
-            deadline = time.monotonic() + self.timeout_s
-            while not os.path.exists(go):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"member {self.member}: the trainer did not answer the connect request "
-                                       f"in {self.timeout_s} s (HPCORE_ONLINE_TIMEOUT_S)")
-                time.sleep(1e-3)
-            os.remove(go)
+            try:
+                open(f"{server}.connect-{self.member}-{self.attempt}", "w").close()
+                go = f"{server}.go-{self.member}-{self.attempt}"
+                deadline = time.monotonic() + self.timeout_s
+                while not os.path.exists(go):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"member {self.member}: the trainer did not answer the connect "
+                                           f"request in {self.timeout_s} s (HPCORE_ONLINE_TIMEOUT_S)")
+                    time.sleep(1e-3)
+                os.remove(go)
+            except Exception as exc:  # noqa: BLE001 - agreed below
+                error = exc
+        agree(comm, error)  # every member rank raises, none is left in MPI_Comm_connect
         self.inter = comm.Connect(ports[0], MPI.INFO_NULL, 0)
         self.inter.Set_errhandler(MPI.ERRORS_RETURN)
         self.n_trainers = self.inter.Get_remote_size()

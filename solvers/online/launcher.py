@@ -32,6 +32,8 @@ __all__ = ["Launcher", "MemberWatch", "member_environment", "mpmd_members"]
 
 log = logging.getLogger(__name__)
 
+EXIT_GRACE_S = 10.0  # a member that exited 0 has this long for its goodbyes to show on every trainer rank
+
 
 def member_environment(port_file, member, attempt, params, study) -> dict:
     """The ``HPCORE_ONLINE_*`` variables of one member try. Not collective."""
@@ -164,8 +166,9 @@ class Launcher:
     def poll(self, last_seen: dict, finished: set) -> list:
         """Check running members, start new ones; returns the ``(member, attempt)`` that failed.
 
-        ``last_seen``: member -> latest wall time any trainer rank heard from it;
-        ``finished``: ``(member, attempt)`` every trainer rank saw say goodbye.
+        ``last_seen``: ``(member, attempt)`` -> latest wall time any trainer rank heard from it;
+        ``finished``: ``(member, attempt)`` every trainer rank saw say goodbye. Raises
+        RuntimeError when more than ``study.max_failures`` tries have failed (0: no limit).
         """
         failed = []
         now = time.time()
@@ -183,19 +186,31 @@ class Launcher:
             if self.mode == "subprocess":
                 rc = info["proc"].poll()
                 if rc is not None:
-                    if rc == 0:
+                    if rc == 0 and (m, info["attempt"]) in finished:
                         self.running.pop(m)
                         self.records[m]["state"] = "done"
+                    elif rc == 0:  # the goodbyes may reach the trainer ranks a moment after the exit
+                        info.setdefault("exited", now)
+                        if now - info["exited"] > EXIT_GRACE_S:
+                            failed.append(self._fail(m, "exit code 0 without finalize: not every trainer rank "
+                                                        "got its goodbye"))
                     else:
                         failed.append(self._fail(m, f"exit code {rc}"))
                     continue
-            seen = last_seen.get(m, 0.0)  # silence counts from the first message: start-up may be slow
+            # silence counts from the first message of this try: start-up may be slow
+            seen = last_seen.get((m, info["attempt"]), 0.0)
             if now - info["start"] > s.member_timeout_s:
                 failed.append(self._fail(m, f"ran longer than member_timeout_s={s.member_timeout_s}"))
             elif seen > info["start"] and now - seen > s.silence_timeout_s:
                 failed.append(self._fail(m, f"silent for silence_timeout_s={s.silence_timeout_s}"))
+        if s.max_failures and self.failures > s.max_failures:
+            raise RuntimeError(f"{self.failures} member tries failed, more than study.max_failures="
+                               f"{s.max_failures}: the member command is likely broken (see the member-*.log "
+                               f"files in {s.run_dir})")
         while self.queue and len(self.running) < s.concurrency:
             self._start(self.queue.pop(0))
+        for proc in self.stand_ins:
+            proc.poll()  # reap stand-ins that have ended
         return failed
 
     def _mpiexec(self) -> list[str]:
@@ -211,10 +226,11 @@ class Launcher:
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.stand_ins.append(proc)
 
-    def kill_member(self, member: int) -> None:
-        """Kill the running job of ``member`` (its bookkeeping is left to :meth:`connect_failed`)."""
+    def kill_member(self, member: int, attempt: int) -> None:
+        """Kill the running job of try (member, attempt), if that try is the one running (its
+        bookkeeping is left to :meth:`connect_failed`)."""
         info = self.running.get(member)
-        if info is not None:
+        if info is not None and info["attempt"] == attempt:
             self._kill(info)
 
     def connect_failed(self, member: int, attempt: int) -> list:
@@ -258,5 +274,9 @@ class MemberWatch:
 
     def rescue(self) -> None:
         """Kill the member's job and start a stand-in connection in its place."""
-        self.launcher.kill_member(self.member)
+        self.launcher.kill_member(self.member, self.attempt)
         self.launcher.start_stand_in()
+
+    def abandon(self) -> None:
+        """Kill every member and stand-in (the trainer is about to exit without its cleanup)."""
+        self.launcher.shutdown()

@@ -93,13 +93,20 @@ class _Conn:
 
 
 def publish_ports(comm, port, path: str) -> None:
-    """Write rank 0's ``port`` to ``path`` atomically. Collective on ``comm``."""
+    """Write rank 0's ``port`` to ``path`` atomically. Collective on ``comm`` (a failed write
+    raises on every rank)."""
+    from hpcore import agree
+
+    error = None
     if comm.Get_rank() == 0:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(f"0 {port}\n# end\n")
-        os.replace(tmp, path)
-    comm.Barrier()
+        try:
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(f"0 {port}\n# end\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            error = exc
+    agree(comm, error, what="online port file")
 
 
 class Receiver:
@@ -137,7 +144,7 @@ class Receiver:
         self._sends: list = []  # credit Isends in flight (request, buffer, connection)
         self.failed: set = set()          # (member, attempt) whose data is ignored from now on
         self.finished: set = set()        # (member, attempt) whose every rank said BYE here
-        self.last_seen: dict = {}         # member -> wall time (time.time()) of its last message here
+        self.last_seen: dict = {}         # (member, attempt) -> wall time (time.time()) of its last message here
         self.received = 0
         self.bytes = 0
         self.dropped = 0
@@ -153,9 +160,25 @@ class Receiver:
         MPI = mpi()
         if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
             raise RuntimeError(f"the online trainer needs MPI_THREAD_MULTIPLE, MPI provides level {MPI.Query_thread()}")
+        from hpcore import agree
+
         self.comm = comm
         self.port_file = path
-        self.port = MPI.Open_port() if comm.Get_rank() == 0 else ""
+        error = None
+        try:
+            if comm.Get_rank() == 0:
+                import glob
+
+                # request and answer files of an earlier run in this directory would pair a stale
+                # member with the wrong accept: gone before the port is published
+                for stale in glob.glob(path + ".connect-*") + glob.glob(path + ".go-*"):
+                    os.remove(stale)
+                self.port = MPI.Open_port()
+            else:
+                self.port = ""
+        except Exception as exc:  # noqa: BLE001 - agreed below
+            error = exc
+        agree(comm, error, what="online Receiver.open")
         publish_ports(comm, self.port, path)
         if self.mode == "thread":
             t = threading.Thread(target=self._receive_loop, name="online-receiver", daemon=True)
@@ -178,8 +201,14 @@ class Receiver:
 
         found = []
         for name in sorted(glob.glob(self.port_file + ".connect-*")):
-            m, a = (int(v) for v in name.rsplit(".connect-", 1)[1].split("-"))
-            os.remove(name)
+            try:
+                m, a = (int(v) for v in name.rsplit(".connect-", 1)[1].split("-"))
+            except ValueError:
+                continue  # not a request file (a member writes connect-<member>-<attempt>)
+            try:
+                os.remove(name)
+            except FileNotFoundError:
+                continue
             found.append((m, a))
         return found
 
@@ -200,18 +229,28 @@ class Receiver:
         is not: died, silent, or replaced by a stand-in. A connection from a stand-in
         started for an earlier accept is disconnected and the accept repeated.
         """
+        from hpcore import agree
+
         MPI = mpi()
         rank0 = self.comm.Get_rank() == 0
+        error = None
         if rank0:
-            go = f"{self.port_file}.go-{member}-{attempt}"
-            with open(go + ".tmp", "w"):
-                pass
-            os.replace(go + ".tmp", go)
-        state = {"done": False, "rescued": False, "lock": threading.Lock()}
-        if rank0 and watch is not None:
-            t = threading.Thread(target=self._watchdog, args=(member, attempt, timeout_s, watch, state),
-                                 name="online-accept-watchdog", daemon=True)
-            t.start()
+            try:
+                go = f"{self.port_file}.go-{member}-{attempt}"
+                with open(go + ".tmp", "w"):
+                    pass
+                os.replace(go + ".tmp", go)
+            except OSError as exc:
+                error = exc
+        agree(self.comm, error, what="online accept (go file)")  # never leave the others in Accept
+        def watch_accept():  # a fresh state and watchdog for each MPI_Comm_accept (rank 0)
+            st = {"done": False, "rescued": False, "lock": threading.Lock()}
+            if rank0 and watch is not None:
+                threading.Thread(target=self._watchdog, args=(member, attempt, timeout_s, watch, st),
+                                 name="online-accept-watchdog", daemon=True).start()
+            return st
+
+        state = watch_accept()
         try:
             with self.mpi_lock:  # UCX-MPICH hangs when a thread probes during an accept (measured)
                 while True:
@@ -222,19 +261,19 @@ class Receiver:
                     inter.Set_errhandler(MPI.ERRORS_RETURN)
                     # both groups hold the new intercommunicator before the first message
                     barrier = inter.Ibarrier()
-                    who = self._identify(inter, barrier, timeout_s, None if rescued else watch) if rank0 else None
+                    who = None
+                    if rank0:
+                        try:
+                            who = self._identify(inter, barrier, timeout_s, None if rescued else watch)
+                        except Exception as exc:  # noqa: BLE001 - an MPI error from a dying peer
+                            who = f"error while identifying the connection: {exc}"
                     who, rescued = self.comm.bcast((who, rescued), root=0)
                     if who == "stand-in":
                         barrier.Wait()
                         inter.Disconnect()
                         if rescued:
                             return False
-                        if rank0 and watch is not None:  # a stand-in started for an earlier accept:
-                            with state["lock"]:         # the member still waits, accept again
-                                state["done"] = False
-                            t = threading.Thread(target=self._watchdog, args=(member, attempt, timeout_s, watch,
-                                                                              state), daemon=True)
-                            t.start()
+                        state = watch_accept()  # a stand-in for an earlier accept: the member still waits
                         continue
                     if who != (member, attempt) or rescued:
                         # died after connecting, or a watchdog kill raced the connect: abandon the
@@ -305,7 +344,10 @@ class Receiver:
                       f"did not return {waited:.0f} s after it began, even after a stand-in connection; "
                       f"the trainer exits (rerun it with --resume to continue from its last checkpoint)",
                       file=sys.stderr, flush=True)
-                os._exit(75)
+                try:
+                    watch.abandon()  # kill members and stand-ins (no MPI calls): nothing outlives us
+                finally:
+                    os._exit(75)
 
     def disconnect_finished(self, finished) -> None:
         """Disconnect the connections of ``finished`` (member, attempt) pairs. Collective on ``comm``
@@ -337,11 +379,18 @@ class Receiver:
     def _receive_loop(self):
         MPI = mpi()
         status = MPI.Status()
-        while not self._stop.is_set():
-            with self.mpi_lock:
-                busy = self._receive_once(MPI, status)
-            if not busy:
-                time.sleep(2e-4)
+        try:
+            while not self._stop.is_set():
+                with self.mpi_lock:
+                    busy = self._receive_once(MPI, status)
+                if not busy:
+                    time.sleep(2e-4)
+        except Exception as exc:  # noqa: BLE001 - the trainer sees alive() turn false and stops every rank
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def alive(self) -> bool:
+        """Whether the receiving thread (``thread`` mode) still runs. Not collective."""
+        return all(t.is_alive() for t in self._threads)
 
     def _receive_once(self, MPI, status) -> bool:
         busy = False
@@ -382,10 +431,10 @@ class Receiver:
         key_ma = (header.member, header.attempt)
         with self.lock:
             conn.member, conn.attempt = header.member, header.attempt
-            self.last_seen[header.member] = time.time()
             if key_ma in self.failed:
                 conn.dead = True
                 return
+            self.last_seen[key_ma] = time.time()
             if header.kind == P.KIND_BYE:
                 conn.byes += 1
                 conn.bye_ranks.add(header.rank)

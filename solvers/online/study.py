@@ -34,7 +34,7 @@ Study = _section(
     command=["{python}", "-m", "solvers.online", "member", "heat1d"], mpiexec="{mpiexec}", member_timeout_s=300.0,
     silence_timeout_s=60.0, max_retries=2, partial="keep", routing="round_robin", window=4,
     validation_members=0, seed=0, run_dir="online-run", client_timeout_s=300.0, receive="poll",
-    connect_timeout_s=60.0)
+    connect_timeout_s=60.0, max_failures=50)
 Parameters = _section("Parameters", method="lhs", bounds=[[0.0, 1.0]])
 Data = _section("Data", inputs=["params", "time"], outputs=["u"], input_shape=[], output_shape=[],
                 time_scale=1.0, solver={})
@@ -68,6 +68,7 @@ class StudyConfig:
             (s.partial in ("keep", "drop"), "study.partial", s.partial, "'keep' or 'drop'"),
             (s.routing in ("round_robin", "one"), "study.routing", s.routing, "'round_robin' or 'one'"),
             (s.max_retries >= 0, "study.max_retries", s.max_retries, ">= 0"),
+            (s.max_failures >= 0, "study.max_failures", s.max_failures, ">= 0 (0: no limit)"),
             (s.window >= 1, "study.window", s.window, ">= 1"),
             (s.connect_timeout_s > 0, "study.connect_timeout_s", s.connect_timeout_s, "> 0"),
             (s.receive in ("poll", "thread"), "study.receive", s.receive, "'poll' or 'thread'"),

@@ -165,6 +165,7 @@ class OnlineTrainer:
         self.test = self._load_test(study.train.test_file)
         self._work = np.zeros(self.model.params.size + 2, dtype=self.model.params.dtype)
         self.resumed_from = None
+        self._shapes = None  # (input, target) shapes of the samples, from the first one
         if resume and study.train.checkpoint_dir:
             self.resumed_from = self.load_checkpoint()
 
@@ -183,7 +184,13 @@ class OnlineTrainer:
         moved = 0
         while moved < limit and self.buffer.has_room() and self.receiver.available():
             for s in self.receiver.take(1):
-                x, y = sample_arrays(self.study, s.params, s.time_step, s.fields)
+                try:
+                    x, y = sample_arrays(self.study, s.params, s.time_step, s.fields)
+                    self._check_shapes(x, y)
+                except ValueError as exc:
+                    raise ValueError(f"member {s.member} (attempt {s.attempt}) time step {s.time_step}: {exc} "
+                                     f"(fields {({k: v.size for k, v in s.fields.items()})}, "
+                                     f"{len(s.params)} parameters)") from None
                 if s.member in self.validation_members:
                     self.val_x.append(x)
                     self.val_y.append(y)
@@ -192,6 +199,19 @@ class OnlineTrainer:
                     moved += 1
                     self.samples_in += 1
         return moved
+
+    def _check_shapes(self, x, y) -> None:
+        """Refuse a sample that does not fit the model: the first one is run through it once, the
+        others must have its shapes (a member sending a wrong size stops every rank, named)."""
+        if self._shapes is None:
+            pred = self.model.forward(np.asarray(x)[None])
+            if pred.shape[1:] != np.shape(y):
+                raise ValueError(f"the model maps input {np.shape(x)} to {pred.shape[1:]}, the sample's target "
+                                 f"is {np.shape(y)}")
+            self._shapes = (np.shape(x), np.shape(y))
+        elif (np.shape(x), np.shape(y)) != self._shapes:
+            raise ValueError(f"input {np.shape(x)} and target {np.shape(y)}, earlier samples "
+                             f"{self._shapes[0]} and {self._shapes[1]}")
 
     # -- evaluation --------------------------------------------------------------------------------
     def _errors(self, xs, ys) -> tuple:
@@ -303,22 +323,32 @@ class OnlineTrainer:
                 if events["accept"] or events["disconnect"]:
                     log.debug("rank %d: accept %s disconnect %s took %.3f s", self.rank, events["accept"],
                               events["disconnect"], time.perf_counter() - t_mpi)
-                if self.receiver.mode == "poll":
-                    self.receiver.poll()
-                if per_step:
-                    taken_now += self._ingest(per_step - taken_now)
-                else:
-                    self._ingest(1 << 30)
+                local_error = ""
+                try:  # this rank's own work: an error here stops every rank at the allgather below
+                    if self.receiver.mode == "poll":
+                        self.receiver.poll()
+                    if self.receiver.errors and self.receiver.mode == "thread" and not self.receiver.alive():
+                        raise RuntimeError(f"the receiving thread ended: {self.receiver.errors[-1]}")
+                    if per_step:
+                        taken_now += self._ingest(per_step - taken_now)
+                    else:
+                        self._ingest(1 << 30)
+                except Exception as exc:  # noqa: BLE001 - shared with every rank below
+                    local_error = f"trainer rank {self.rank}: {type(exc).__name__}: {exc}"
                 exhausted = (prev_all_done and self.receiver.available() == 0
                              and self.receiver.open_connections() == 0)
                 mine = {"can": self.buffer.can_batch(final=exhausted), "exhausted": exhausted,
                         "satisfied": (not per_step or taken_now >= per_step or exhausted
                                       or not self.buffer.has_room()),
-                        "last_seen": self.receiver.last_seen.copy(), "finished": sorted(self.receiver.finished)}
+                        "last_seen": self.receiver.last_seen.copy(), "finished": sorted(self.receiver.finished),
+                        "error": local_error}
                 if self.rank == 0:
                     mine["events"] = pending
                 states = self.comm.allgather(mine)
                 events = states[0]["events"]
+                errors = [st["error"] for st in states if st["error"]]
+                if errors:
+                    raise RuntimeError("online training stopped: " + "; ".join(errors))
                 if events.get("abort"):
                     raise RuntimeError(f"online training stopped: {events['abort']}")
                 prev_all_done = events["all_done"]
@@ -326,13 +356,13 @@ class OnlineTrainer:
                 if self.rank == 0:
                     last_seen: dict = {}
                     for s in states:
-                        for m, t in s["last_seen"].items():
-                            last_seen[m] = max(last_seen.get(m, 0.0), t)
+                        for key, t in s["last_seen"].items():
+                            last_seen[key] = max(last_seen.get(key, 0.0), t)
                     finished = set.intersection(*[set(map(tuple, s["finished"])) for s in states])
                     try:
                         failed = self.launcher.poll(last_seen, finished)
-                    except TimeoutError as exc:
-                        failed, abort = [], f"{exc}"
+                    except Exception as exc:  # noqa: BLE001 - announced to every rank as an abort
+                        failed, abort = [], f"trainer rank 0: {type(exc).__name__}: {exc}"
                     else:
                         abort = connect_abort
                     failed, connect_failed = connect_failed + failed, []
@@ -433,55 +463,64 @@ class OnlineTrainer:
         """Write this step's checkpoint on every rank, then the ``latest`` pointer. Collective on ``comm``."""
         import h5py
 
+        from hpcore import agree
+
         d = self.study.train.checkpoint_dir
-        os.makedirs(d, exist_ok=True)
         path = self._path(self.step, self.rank)
-        with self.receiver.lock:
-            pending = list(self.receiver.ready)
-        with h5py.File(path + ".tmp", "w") as f:
-            f.attrs["version"] = 1
-            f.attrs["study"] = self.study.to_json()
-            f.attrs["counters"] = json.dumps({"step": self.step, "samples_seen": self.samples_seen,
-                                              "samples_in": self.samples_in, "busy_s": self.busy_s,
-                                              "partial_dropped": self.partial_dropped,
-                                              "wall_s": self.wall_s, "history": self.history})
-            f["model/params"] = np.asarray(self.model.params)
-            opt = self.optimizer.state_dict()
-            g = f.create_group("optimizer")
-            for k, v in opt.items():
-                if isinstance(v, np.ndarray):
-                    g[k] = v
-                else:
-                    g.attrs[k] = json.dumps(v)
-            g = f.create_group("buffer")
-            for k, v in self.buffer.state_dict().items():
-                if k == "meta":
-                    g.attrs[k] = v
-                else:
-                    g[k] = v
-            f["receiver/seen"] = np.asarray(sorted(self.receiver.seen), dtype=np.int64).reshape(-1, 2)
-            g = f.create_group("receiver/pending")
-            for i, s in enumerate(pending):
-                h = g.create_group(str(i))
-                h.attrs["key"] = (s.member, s.attempt, s.time_step)
-                h["params"] = np.asarray(s.params)
-                for name, arr in s.fields.items():
-                    h[f"fields/{name}"] = arr
-            if self.val_x:
-                f["validation/x"] = np.stack(self.val_x)
-                f["validation/y"] = np.stack(self.val_y)
-            if self.launcher is not None:
-                f.attrs["launcher"] = self.launcher.state()
-        os.replace(path + ".tmp", path)
-        self.comm.Barrier()
+        error = None
+        try:  # a failed write on one rank (disk full, HDF5) raises on every rank, never a hang
+            os.makedirs(d, exist_ok=True)
+            with self.receiver.lock:
+                pending = list(self.receiver.ready)
+            with h5py.File(path + ".tmp", "w") as f:
+                f.attrs["version"] = 1
+                f.attrs["study"] = self.study.to_json()
+                f.attrs["counters"] = json.dumps({"step": self.step, "samples_seen": self.samples_seen,
+                                                  "samples_in": self.samples_in, "busy_s": self.busy_s,
+                                                  "partial_dropped": self.partial_dropped,
+                                                  "wall_s": self.wall_s, "history": self.history})
+                f["model/params"] = np.asarray(self.model.params)
+                opt = self.optimizer.state_dict()
+                g = f.create_group("optimizer")
+                for k, v in opt.items():
+                    if isinstance(v, np.ndarray):
+                        g[k] = v
+                    else:
+                        g.attrs[k] = json.dumps(v)
+                g = f.create_group("buffer")
+                for k, v in self.buffer.state_dict().items():
+                    if k == "meta":
+                        g.attrs[k] = v
+                    else:
+                        g[k] = v
+                f["receiver/seen"] = np.asarray(sorted(self.receiver.seen), dtype=np.int64).reshape(-1, 2)
+                g = f.create_group("receiver/pending")
+                for i, s in enumerate(pending):
+                    h = g.create_group(str(i))
+                    h.attrs["key"] = (s.member, s.attempt, s.time_step)
+                    h["params"] = np.asarray(s.params)
+                    for name, arr in s.fields.items():
+                        h[f"fields/{name}"] = arr
+                if self.val_x:
+                    f["validation/x"] = np.stack(self.val_x)
+                    f["validation/y"] = np.stack(self.val_y)
+                if self.launcher is not None:
+                    f.attrs["launcher"] = self.launcher.state()
+            os.replace(path + ".tmp", path)
+        except Exception as exc:  # noqa: BLE001 - agreed below
+            error = exc
+        agree(self.comm, error, what="online checkpoint")
         if self.rank == 0:
-            with open(os.path.join(d, "latest.tmp"), "w") as f:
-                f.write(f"{self.step}\n")
-            os.replace(os.path.join(d, "latest.tmp"), os.path.join(d, "latest"))
-            for name in os.listdir(d):
-                if name.startswith("step") and not name.startswith(f"step{self.step:08d}-"):
-                    os.remove(os.path.join(d, name))
-        self.comm.Barrier()
+            try:
+                with open(os.path.join(d, "latest.tmp"), "w") as f:
+                    f.write(f"{self.step}\n")
+                os.replace(os.path.join(d, "latest.tmp"), os.path.join(d, "latest"))
+                for name in os.listdir(d):
+                    if name.startswith("step") and not name.startswith(f"step{self.step:08d}-"):
+                        os.remove(os.path.join(d, name))
+            except Exception as exc:  # noqa: BLE001 - agreed below
+                error = exc
+        agree(self.comm, error, what="online checkpoint (latest pointer)")
         return path
 
     def load_checkpoint(self):

@@ -165,7 +165,7 @@ static void header(unsigned char *out, int kind, long time_step, long local_size
  * rank's message on the libfabric sockets provider: see solvers/online/server.py). */
 static void drain(void) {
     for (;;) {
-        int flag;
+        int flag = 0;
         MPI_Message msg;
         MPI_Status st;
         MPI_Improbe(MPI_ANY_SOURCE, TAG_CREDIT, S.inter, &flag, &msg, &st);
@@ -181,7 +181,7 @@ static void drain(void) {
 static void wait_draining(MPI_Request *req, const char *what) {
     double deadline = now_s() + S.timeout_s;
     for (;;) {
-        int done;
+        int done = 0;
         drain();
         MPI_Test(req, &done, MPI_STATUS_IGNORE);
         if (done) return;

@@ -3,7 +3,8 @@
 - ``exit-before-connect``: asks to connect, sees the trainer's go file, exits before MPI_Comm_connect
   (the trainer is then waiting in MPI_Comm_accept, which has no timeout);
 - ``exit-after-connect``: connects, then exits before the barrier and hello of the new connection;
-- ``hang-before-connect``: asks to connect, sees the go file, then sleeps (never connects).
+- ``hang-before-connect``: asks to connect, sees the go file, then sleeps (never connects);
+- ``no-finalize``: sends every time step, then exits with code 0 without ``finalize`` (no goodbye).
 
 Follows the connect protocol of solvers/online/client.py by hand (request file, go file, connect)."""
 
@@ -18,7 +19,14 @@ from solvers.online.members import heat1d
 env = client.environment()
 fault = os.environ.get("HPCORE_TEST_CONNECT_FAULT", "")
 world = MPI.COMM_WORLD
-if env["member"] == 2 and env["attempt"] == 0 and fault:
+if env["member"] == 2 and env["attempt"] == 0 and fault == "no-finalize":
+    def no_finalize():
+        world.Barrier()
+        os._exit(0)
+
+    client.finalize = no_finalize
+    heat1d(world, env["params"], n=32, steps=12)
+elif env["member"] == 2 and env["attempt"] == 0 and fault:
     server = env["server"]
     ports = client.read_ports(server, 30) if world.Get_rank() == 0 else None
     ports = world.bcast(ports, root=0)
@@ -33,4 +41,5 @@ if env["member"] == 2 and env["attempt"] == 0 and fault:
         time.sleep(3600)
     world.Connect(ports[0], MPI.INFO_NULL, 0)
     os._exit(3)
-heat1d(world, env["params"], n=32, steps=12)
+else:
+    heat1d(world, env["params"], n=32, steps=12)
