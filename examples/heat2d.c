@@ -43,7 +43,8 @@ int main(int argc, char **argv) {
         }
     int up = rank > 0 ? rank - 1 : MPI_PROC_NULL, down = rank < size - 1 ? rank + 1 : MPI_PROC_NULL;
 
-    if (online) hpcore_online_init("u", rows * n, MPI_COMM_WORLD);
+    /* each call returns non-zero after printing why (every rank of comm agrees for init) */
+    if (online && hpcore_online_init("u", rows * n, MPI_COMM_WORLD)) MPI_Abort(MPI_COMM_WORLD, 2);
     for (int t = 0; t < steps; ++t) {
         for (int s = 0; s < substeps; ++s) {
             MPI_Sendrecv(u + n, n, MPI_DOUBLE, up, 0, u + (size_t)(rows + 1) * n, n, MPI_DOUBLE, down, 0,
@@ -58,9 +59,9 @@ int main(int argc, char **argv) {
                 }
             double *w = u; u = v; v = w;  /* ghost rows of the new u are refreshed next substep */
         }
-        if (online) hpcore_online_send("u", u + n, t);
+        if (online && hpcore_online_send("u", u + n, t)) MPI_Abort(MPI_COMM_WORLD, 2);
     }
-    if (online) hpcore_online_finalize();
+    if (online && hpcore_online_finalize()) MPI_Abort(MPI_COMM_WORLD, 2);
     double local = 0, total;
     for (int i = 1; i <= rows; ++i) for (int j = 0; j < n; ++j) local += u[i * n + j];
     MPI_Reduce(&local, &total, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);

@@ -329,3 +329,20 @@ def test_member_data_that_do_not_fit_the_model_stop_every_rank(tmp_path):
     rc, out = _train_failing(tmp_path, sets)
     assert rc != 0
     assert "online training stopped" in out and "the model maps input (3,) to (32,)" in out, out[-3000:]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("params, why", [("1,2,3,4,5,6,7,8,9", "more than 8 parameters"),
+                                         ("0.5,abc", "comma-separated numbers expected")])
+def test_c_client_refuses_bad_parameters(tmp_path, params, why):
+    """The C client refuses what the Python client refuses (too many or unreadable parameters), on every
+    rank, before it touches the trainer; the example solver aborts on the error."""
+    exe = str(tmp_path / "heat2d")
+    c_dir = os.path.join(ROOT, "solvers", "online", "c")
+    subprocess.run(["mpicc", "-O2", "-I", c_dir, os.path.join(ROOT, "examples", "heat2d.c"),
+                    os.path.join(c_dir, "hpcore_online.c"), "-o", exe, "-lm"], check=True, timeout=120)
+    rc, out = _run(["mpiexec", "-n", "2", exe, "8", "2"], 60, str(tmp_path),
+                   HPCORE_ONLINE_SERVER=str(tmp_path / "no-such-port-file"), HPCORE_ONLINE_PARAMS=params)
+    assert rc != 0
+    # every rank says why; MPI_Abort may cut a rank's line before the launcher forwards it
+    assert why in out, out[-2000:]

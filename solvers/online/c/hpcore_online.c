@@ -90,15 +90,24 @@ static int connect_to_trainer(MPI_Comm comm) {
     S.timeout_s = (v = getenv("HPCORE_ONLINE_TIMEOUT_S")) ? atof(v) : 300.0;
     S.round_robin = !((v = getenv("HPCORE_ONLINE_ROUTING")) && strcmp(v, "one") == 0);
     S.nparams = 0;
-    if ((v = getenv("HPCORE_ONLINE_PARAMS")) && *v) {
-        char *end;
-        while (*v && S.nparams < MAX_PARAMS) {
-            S.params[S.nparams++] = strtod(v, &end);
-            v = (*end == ',') ? end + 1 : end;
-            if (end == v && *v) break;
+    if ((v = getenv("HPCORE_ONLINE_PARAMS")) && *v) {  /* comma-separated numbers, at most MAX_PARAMS */
+        for (;;) {
+            char *end;
+            double p = strtod(v, &end);
+            if (end == v || (*end != ',' && *end != '\0')) {
+                ok = !fail("HPCORE_ONLINE_PARAMS: comma-separated numbers expected");
+                break;
+            }
+            if (S.nparams == MAX_PARAMS) {
+                ok = !fail("HPCORE_ONLINE_PARAMS: more than 8 parameters do not fit the message header");
+                break;
+            }
+            S.params[S.nparams++] = p;
+            if (*end == '\0') break;
+            v = end + 1;
         }
     }
-    if (S.rank == 0) {
+    if (S.rank == 0 && ok) {
         if (!server) ok = !fail("HPCORE_ONLINE_SERVER is not set: not started as an online member");
         else if (read_port(server, port, S.timeout_s)) ok = !fail("no complete port file (HPCORE_ONLINE_SERVER)");
         if (ok) {  /* ask the trainer to accept: it does so between two training steps */
