@@ -28,24 +28,9 @@ import numpy as np
 from hpcore.lazy_mpi import mpi
 
 from . import protocol as P
+from .protocol import read_ports
 
 __all__ = ["Client", "environment", "finalize", "init", "read_ports", "send"]
-
-
-def read_ports(path: str, timeout_s: float) -> list[str]:
-    """Port names from the trainer's port file, waiting up to ``timeout_s`` for it. Not collective."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with open(path) as f:
-                text = f.read()
-            if text.endswith("\n# end\n"):
-                return [line.split(" ", 1)[1] for line in text.splitlines() if line and not line.startswith("#")]
-        except FileNotFoundError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"HPCORE_ONLINE_SERVER: no complete port file {path!r} after {timeout_s} s")
-        time.sleep(0.05)
 
 
 def environment() -> dict:

@@ -27,6 +27,8 @@ disconnects.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "TAG_HELLO",
     "Header",
     "pack_message",
+    "read_ports",
     "trainer_of",
     "unpack_message",
 ]
@@ -125,3 +128,20 @@ def trainer_of(member: int, time_step: int, n_trainers: int, routing: str = "rou
     if routing == "one":
         return 0
     return (member + time_step) % n_trainers
+
+
+def read_ports(path: str, timeout_s: float) -> list[str]:
+    """Port names from the trainer's port file (one ``<rank> <port>`` line per port, then ``# end``),
+    waiting up to ``timeout_s`` for it to be complete. Not collective."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with open(path) as f:
+                text = f.read()
+            if text.endswith("\n# end\n"):
+                return [line.split(" ", 1)[1] for line in text.splitlines() if line and not line.startswith("#")]
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"HPCORE_ONLINE_SERVER: no complete port file {path!r} after {timeout_s} s")
+        time.sleep(0.05)

@@ -1,7 +1,7 @@
 """Trainer-side receiving: one port, connections accepted between steps, a receiving thread, credits.
 
 Trainer rank 0 opens an MPI port and writes it to the port file that members
-read (:func:`solvers.online.client.read_ports`). A member's rank 0 first creates
+read (:func:`solvers.online.protocol.read_ports`). A member's rank 0 first creates
 ``<port file>.connect-<member>-<attempt>``; the trainer sees that file between two
 steps, rank 0 answers with ``<port file>.go-<member>-<attempt>`` and all trainer
 ranks call ``MPI_Comm_accept`` together; the member calls ``MPI_Comm_connect`` when

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 
 def main(argv=None) -> int:
@@ -34,20 +33,11 @@ def main(argv=None) -> int:
         import protocol as P
     from mpi4py import MPI
 
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with open(argv[0]) as f:
-                text = f.read()
-            if text.endswith("\n# end\n"):
-                break
-        except FileNotFoundError:
-            pass
-        if time.monotonic() > deadline:
-            print(f"stand_in: no complete port file {argv[0]!r}", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
-    port = text.splitlines()[0].split(" ", 1)[1]
+    try:
+        port = P.read_ports(argv[0], 30.0)[0]
+    except (TimeoutError, IndexError) as exc:
+        print(f"stand_in: {exc}", file=sys.stderr)
+        return 1
     inter = MPI.COMM_SELF.Connect(port, MPI.INFO_NULL, 0)
     inter.Ibarrier().Wait()  # as every connection (a nonblocking collective matches only its kind)
     hello = P.pack_message(P.Header(P.KIND_HELLO, P.STAND_IN_MEMBER, 0, -1, 0, 1, 0, (), "hello"))

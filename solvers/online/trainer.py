@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from hpcore.lazy_mpi import mpi
+
 from .buffers import make_buffer
 from .launcher import Launcher, MemberWatch
 from .sampling import ParameterSampler
@@ -71,12 +73,6 @@ def sample_arrays(study, params, time_step, fields) -> tuple:
     if study.data.output_shape:
         y = y.reshape(study.data.output_shape)
     return x, y
-
-
-def _max_op():
-    from hpcore.lazy_mpi import mpi
-
-    return mpi().MAX
 
 
 def _relative_errors(pred, y):
@@ -440,7 +436,7 @@ class OnlineTrainer:
         summary = {**final, "busy_fraction": busy / max(self.wall_s, 1e-9), "members": counts,
                    "t0_unix": self.t0_unix,
                    "received_bytes": self.comm.allreduce(self.receiver.bytes),
-                   "staged_high_water": self.comm.allreduce(self.receiver.staged_high_water, op=_max_op()),
+                   "staged_high_water": self.comm.allreduce(self.receiver.staged_high_water, op=mpi().MAX),
                    "messages_ignored": self.comm.allreduce(self.receiver.dropped),  # unused fields, repeated steps
                    "partial_dropped": dict(zip(("staged", "buffer"),
                                                self.comm.allreduce(np.array(self.partial_dropped)).tolist())),
