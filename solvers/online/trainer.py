@@ -10,10 +10,13 @@ member events), so every rank takes the same decision: step, wait, or stop.
 
 A step: each rank draws its batch (empty when its buffer is below its
 watermark or drained while others can draw: ranks never wait for each other's
-data), computes its gradient, and one ring allreduce
-(:func:`comms.ring_allreduce`) sums ``n_local * grad``, ``n_local`` and the loss;
-the weighted mean is the gradient of the global batch, identical on every rank,
-so the models stay bitwise equal. Stop: at ``train.max_steps``, after
+data) and computes its gradient. For a :mod:`solvers.surrogates` model, one small
+allreduce gives the global sample count, each rank scales its loss gradient by
+``n_local / n_total``, and :class:`solvers.surrogates.DataParallel` ring-reduces the
+gradient buckets while backward runs; for any other model one ring allreduce
+(:func:`comms.ring_allreduce`) after backward sums ``n_local * grad``, ``n_local``
+and the loss. Either way every rank gets the gradient of the global batch with
+the same bits, so the models stay bitwise equal. Stop: at ``train.max_steps``, after
 ``train.max_wall_s`` seconds (rank 0's clock, announced with the events), or when no rank
 will get more data and no rank can draw a batch.
 
